@@ -1,0 +1,1 @@
+"""Distributed training: the world layout and score synchronisation across ranks."""

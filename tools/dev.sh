@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a virtual environment and run the tests or the demo.
+#   bash tools/dev.sh test    # install everything, type-check, run the whole test suite
+#   bash tools/dev.sh demo    # install everything, run the main job on the embedded dataset
+# Extra arguments go to pytest (test) or to `python -m shardprune demo` (demo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${SHARDPRUNE_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+# The CPU build of torch first: a plain `torch` requirement can pull a multi-GB CUDA build.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" \
+    || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+    test)
+        "$VENV/bin/python" -m mypy
+        "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
+        ;;
+    demo)
+        "$VENV/bin/python" -m shardprune demo "$@"
+        ;;
+    *)
+        echo "usage: bash tools/dev.sh [test|demo] [args...]" >&2
+        exit 2
+        ;;
+esac
