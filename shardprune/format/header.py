@@ -132,6 +132,11 @@ class Header:
             if isinstance(exc, DatasetError):
                 raise
             raise DatasetError(f"{where} is missing or has a malformed field: {exc!r}") from exc
+        if shard_format == "zarr" and len(header.fields) != 1:
+            raise DatasetError(
+                f"{where}: a zarr dataset has exactly one array field, this one has {sorted(header.fields)}; "
+                "re-convert it with one field per dataset"
+            )
         if sum(s.samples for s in shards) != header.num_samples:
             raise DatasetError(
                 f"{where}: shards hold {sum(s.samples for s in shards)} samples but num_samples="

@@ -1,0 +1,466 @@
+"""Peers side by side: one epoch of the same data through shardprune, webdataset, MosaicML
+``streaming`` and ``litdata``, at prune ratios 0 and 0.5.
+
+    python benchmarks/peers_bench.py                 # everything, one table
+    python benchmarks/peers_bench.py --setup-peers   # first: a side venv with streaming + litdata
+    python benchmarks/peers_bench.py --help
+
+Data: ``--num-samples`` CIFAR-sized samples (32x32x3 uint8, a fixed random pattern per
+sample, label 0..9) converted once by shardprune to WebDataset-compatible tar shards
+(``.npy`` members). webdataset reads those very tar files; MosaicML and litdata get a copy
+of the same sample bytes (the ``.npy`` payload and the label) in their own formats (MDS;
+litdata's chunked binary), written by their own writers, uncompressed.
+
+Pruning: shardprune's ``random`` policy keeps a uniform (1 - r) of the samples and plans the
+epoch before reading, so a pruned sample's bytes are never fetched. The peers have no
+per-sample pruning that avoids I/O; the best they offer is to filter after reading (here: a
+deterministic 50% filter right after the raw read, before decoding, so they also skip the
+decode). Every reader decodes the kept ``.npy`` payloads with ``numpy.load`` and yields
+batches of ``--batch-size``; one process, no workers.
+
+Measured per run, each in a fresh child process: samples yielded per second of the epoch,
+bytes read (``rchar`` of ``/proc/self/io``: bytes through read syscalls, page cache
+included; mmap'ed reads would not show and are flagged), and peak RSS (``ru_maxrss``) minus
+the RSS after imports. Files are read once before the runs, so every reader sees a warm page
+cache: the numbers compare the readers' own costs, not the disk.
+
+MosaicML ``streaming`` 0.13 and ``litdata`` 0.2.76 both declare ``torchvision`` as a
+dependency, which does not import beside this torch build, and ``streaming`` imports
+``transformers`` (for batch types only). ``--setup-peers`` therefore installs them with
+``--no-deps`` into ``.bench/peers-venv`` (seeing the project venv's packages through a
+``.pth`` file, so torch 2.13.0 CPU is never replaced) plus their small runtime deps; the child
+installs an import stub for ``torchvision``/``transformers`` (neither is used on these paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS_VENV = REPO / ".bench" / "peers-venv"
+READERS = ("shardprune", "webdataset", "mosaicml-streaming", "litdata")
+PEER_PACKAGES = ("mosaicml-streaming==0.13.0", "litdata==0.2.76")
+PEER_RUNTIME_DEPS = (
+    "xxhash", "zstd", "python-snappy", "cramjam", "Brotli", "catalogue", "lightning-utilities", "obstore", "tifffile",
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+def io_counters() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/self/io") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key.strip()] = int(value)
+    return out
+
+
+def rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_now_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def keep_fn(ratio: float) -> Callable[[int], bool]:
+    """The peers' after-read filter: a deterministic hash of the sample index, keeping 1 - ratio."""
+    if ratio <= 0:
+        return lambda i: True
+    cut = int((1.0 - ratio) * 2**32)
+    return lambda i: (zlib.crc32(int(i).to_bytes(8, "little")) & 0xFFFFFFFF) < cut
+
+
+def decode_npy(payload: bytes) -> np.ndarray:
+    import io
+
+    return np.load(io.BytesIO(payload), allow_pickle=False)
+
+
+def stub_unusable_imports() -> None:
+    """Satisfy ``import torchvision`` / ``import transformers`` inside the peers with empty modules."""
+    import importlib.abc
+    import importlib.machinery
+    import types
+
+    class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        roots = ("torchvision", "transformers")
+
+        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+            if name.split(".")[0] in self.roots:
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
+            return None
+
+        def create_module(self, spec: Any) -> Any:
+            module = types.ModuleType(spec.name)
+            module.__path__ = []
+
+            def attr(name: str) -> Any:
+                if name.startswith("__"):
+                    raise AttributeError(name)
+                return type(name, (dict,), {})
+
+            module.__getattr__ = attr  # type: ignore[method-assign]
+            return module
+
+        def exec_module(self, module: Any) -> None:
+            return None
+
+    sys.meta_path.insert(0, _Stub())
+
+
+def batches(samples: Iterator[tuple[np.ndarray, int]], batch_size: int) -> Iterator[tuple[Any, Any]]:
+    import torch
+
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    for x, y in samples:
+        xs.append(x)
+        ys.append(y)
+        if len(xs) == batch_size:
+            yield torch.from_numpy(np.stack(xs)), torch.tensor(ys)
+            xs, ys = [], []
+    if xs:
+        yield torch.from_numpy(np.stack(xs)), torch.tensor(ys)
+
+
+# ----------------------------------------------------------------------------- data
+def build_data(root: Path, num_samples: int, shard_bytes: int) -> Path:
+    """Convert the synthetic samples to shardprune tar shards (reused when present)."""
+    sys.path.insert(0, str(REPO))
+    from shardprune.convert import convert
+
+    tar_dir = root / "shardprune-tar"
+    if (tar_dir / "shardprune.json").exists():
+        return tar_dir
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(num_samples, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, size=num_samples)
+    root.mkdir(parents=True, exist_ok=True)
+    npz = root / "source.npz"
+    np.savez(npz, x=x, y=y)
+    convert("arrays", tar_dir, path=str(npz), shard_format="tar", max_bytes=shard_bytes, num_classes=10)
+    npz.unlink()
+    return tar_dir
+
+
+def tar_samples(tar_dir: Path) -> Iterator[tuple[int, bytes, int]]:
+    """(id, npy payload, label) of every sample, from the shardprune dataset."""
+    sys.path.insert(0, str(REPO))
+    from shardprune.dataset import ShardedDataset
+
+    ds = ShardedDataset(str(tar_dir))
+    for i in range(len(ds)):
+        s = ds.read_sample(i)
+        yield i, bytes(s["npy"]), int(s["label"])
+
+
+def build_mds(tar_dir: Path, out: Path, shard_bytes: int) -> None:
+    stub_unusable_imports()
+    from streaming import MDSWriter
+
+    with MDSWriter(out=str(out), columns={"id": "int", "npy": "bytes", "label": "int"}, size_limit=shard_bytes) as w:
+        for i, payload, label in tar_samples(tar_dir):
+            w.write({"id": i, "npy": payload, "label": label})
+
+
+def build_litdata(tar_dir: Path, out: Path, shard_bytes: int) -> None:
+    stub_unusable_imports()
+    from litdata.streaming.writer import BinaryWriter
+
+    w = BinaryWriter(str(out), chunk_bytes=shard_bytes)
+    for i, payload, label in tar_samples(tar_dir):
+        w[i] = {"id": i, "npy": payload, "label": label}
+    w.done()
+    w.merge()
+
+
+# ----------------------------------------------------------------------------- readers
+def read_shardprune(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    sys.path.insert(0, str(REPO))
+    import tempfile
+
+    from shardprune.dataset import ShardedDataset
+    from shardprune.loader import StreamingLoader
+    from shardprune.policies import make_policy
+    from shardprune.scores import ScoreStore
+
+    ds = ShardedDataset(str(root / "shardprune-tar"))
+    policy = make_policy("full") if ratio <= 0 else make_policy("random", prune_ratio=ratio)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ScoreStore(os.path.join(tmp, "scores"), num_samples=len(ds), dataset_fingerprint=ds.fingerprint)
+        loader = StreamingLoader(ds, batch_size=batch_size, policy=policy, store=store, num_epochs=1, seed=0)
+        loader.set_epoch(0)
+        field = "npy"
+        for batch in loader:
+            yield batch[field], batch["label"]
+        stats = loader.epoch_stats
+        READER_EXTRA["loader_stats"] = stats if isinstance(stats, dict) else getattr(stats, "__dict__", str(stats))
+        store.close()
+
+
+def read_webdataset(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    import webdataset as wds
+
+    sys.path.insert(0, str(REPO))
+    from shardprune.dataset import ShardedDataset
+
+    ds = ShardedDataset(str(root / "shardprune-tar"))
+    urls = [str(root / "shardprune-tar" / s.path) for s in ds.header.shards]
+    keep = keep_fn(ratio)
+    labels = ds.labels
+    # Sample keys are the shardprune ids, so the same filter applies; labels come from the manifest.
+    pipe = wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda s: keep(key_id(s["__key__"])))
+
+    def samples() -> Iterator[tuple[np.ndarray, int]]:
+        for s in pipe:
+            i = key_id(s["__key__"])
+            yield decode_npy(s["npy"]), int(labels[i])
+
+    yield from batches(samples(), batch_size)
+
+
+def key_id(key: str) -> int:
+    digits = "".join(ch for ch in key.rsplit("/", 1)[-1] if ch.isdigit())
+    return int(digits) if digits else zlib.crc32(key.encode())
+
+
+def read_mosaic(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    stub_unusable_imports()
+    from streaming import StreamingDataset
+
+    ds = StreamingDataset(local=str(root / "mds"), shuffle=False, batch_size=batch_size)
+    keep = keep_fn(ratio)
+
+    def samples() -> Iterator[tuple[np.ndarray, int]]:
+        for s in ds:
+            if keep(int(s["id"])):
+                yield decode_npy(s["npy"]), int(s["label"])
+
+    yield from batches(samples(), batch_size)
+
+
+def read_litdata(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    stub_unusable_imports()
+    from litdata import StreamingDataset
+
+    ds = StreamingDataset(str(root / "litdata"), shuffle=False)
+    keep = keep_fn(ratio)
+
+    def samples() -> Iterator[tuple[np.ndarray, int]]:
+        for s in ds:
+            if keep(int(s["id"])):
+                yield decode_npy(s["npy"]), int(s["label"])
+
+    yield from batches(samples(), batch_size)
+
+
+READER_FNS: dict[str, Callable[[Path, float, int], Iterator[tuple[Any, Any]]]] = {
+    "shardprune": read_shardprune,
+    "webdataset": read_webdataset,
+    "mosaicml-streaming": read_mosaic,
+    "litdata": read_litdata,
+}
+READER_EXTRA: dict[str, Any] = {}
+
+
+def child(reader: str, ratio: float, root: Path, batch_size: int) -> dict[str, Any]:
+    """One measured epoch in this (fresh) process."""
+    import torch  # noqa: F401 - imported before the baseline so every reader pays it equally
+
+    if reader in ("mosaicml-streaming", "litdata"):
+        stub_unusable_imports()
+        import litdata  # noqa: F401
+        import streaming  # noqa: F401
+    rss0 = rss_now_bytes()
+    io0 = io_counters()
+    t0 = time.perf_counter()
+    n = 0
+    checksum = 0
+    for x, y in READER_FNS[reader](root, ratio, batch_size):
+        n += int(y.shape[0])
+        checksum += int(y.sum())
+    wall = time.perf_counter() - t0
+    io1 = io_counters()
+    return {
+        "reader": reader,
+        "prune_ratio": ratio,
+        "samples": n,
+        "label_sum": checksum,
+        "wall_s": wall,
+        "samples_per_s": n / wall if wall > 0 else float("nan"),
+        "rchar": io1["rchar"] - io0["rchar"],
+        "read_bytes": io1["read_bytes"] - io0["read_bytes"],
+        "syscr": io1["syscr"] - io0["syscr"],
+        "peak_rss": rss_peak_bytes(),
+        "rss_after_imports": rss0,
+        "extra": {k: (v if isinstance(v, (int, float, str, dict, list)) else str(v)) for k, v in READER_EXTRA.items()},
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+def peers_python() -> str | None:
+    py = PEERS_VENV / "bin" / "python"
+    return str(py) if py.exists() else None
+
+
+def setup_peers() -> None:
+    """Create .bench/peers-venv seeing the project venv's packages, then add the peers with --no-deps."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    py = str(PEERS_VENV / "bin" / "python")
+    purelib = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    here = sysconfig.get_paths()["purelib"] or site.getsitepackages()[0]
+    Path(purelib, "shared-venv.pth").write_text(here + "\n")
+    subprocess.run(
+        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", *PEER_PACKAGES, *PEER_RUNTIME_DEPS],
+        check=True,
+    )
+
+
+def run_child(py: str, reader: str, ratio: float, root: Path, batch_size: int) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [py, __file__, "--child", reader, "--ratio", str(ratio), "--root", str(root), "--batch-size", str(batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"reader": reader, "prune_ratio": ratio, "error": tail[0]}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def warm(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def summarize(runs: list[dict[str, Any]], readers: list[str], ratios: list[float]) -> str:
+    header = "| reader | r | samples | samples/s (median) | bytes read MiB (rchar) | disk read MiB | peak RSS MiB | RSS growth MiB |"
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for reader in readers:
+        for ratio in ratios:
+            rs = [r for r in runs if r["reader"] == reader and r["prune_ratio"] == ratio]
+            errors = [r["error"] for r in rs if "error" in r]
+            ok = [r for r in rs if "error" not in r]
+            if not ok:
+                lines.append(f"| {reader} | {ratio:g} | - | not run: {errors[0] if errors else 'skipped'} | | | | |")
+                continue
+            sps = float(np.median([r["samples_per_s"] for r in ok]))
+            spread = (min(r["samples_per_s"] for r in ok), max(r["samples_per_s"] for r in ok))
+            lines.append(
+                f"| {reader} | {ratio:g} | {ok[0]['samples']} | {sps:,.0f} ({spread[0]:,.0f}-{spread[1]:,.0f}) | "
+                f"{mib(np.median([r['rchar'] for r in ok]))} | {mib(np.median([r['read_bytes'] for r in ok]))} | "
+                f"{mib(max(r['peak_rss'] for r in ok))} | "
+                f"{mib(max(r['peak_rss'] - r['rss_after_imports'] for r in ok))} |"
+            )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = platform.machine()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=REPO / ".bench" / "peers", help="data directory (default %(default)s)")
+    ap.add_argument("--num-samples", type=int, default=20000, help="samples (32x32x3 uint8) (default %(default)s)")
+    ap.add_argument("--shard-bytes", type=int, default=8 << 20, help="shard size for every format (default 8 MiB)")
+    ap.add_argument("--batch-size", type=int, default=256, help="batch size (default %(default)s)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per (reader, ratio) (default %(default)s)")
+    ap.add_argument("--readers", default=",".join(READERS), help="comma-separated (default all)")
+    ap.add_argument("--ratios", default="0,0.5", help="prune ratios (default %(default)s)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every run as JSON here")
+    ap.add_argument("--setup-peers", action="store_true", help="create .bench/peers-venv with streaming and litdata")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ratio", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.ratio, args.root, args.batch_size)))
+        return 0
+    if args.setup_peers:
+        setup_peers()
+        return 0
+    readers = [r for r in args.readers.split(",") if r]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    print(f"machine: {machine()}", flush=True)
+    tar_dir = build_data(args.root, args.num_samples, args.shard_bytes)
+    py_peers = peers_python()
+    notes: list[str] = []
+    if py_peers is None:
+        notes.append(f"{PEERS_VENV} missing: run with --setup-peers first; MosaicML and litdata are skipped")
+    else:
+        for name, fn, sub in (("mosaicml-streaming", "build_mds", "mds"), ("litdata", "build_litdata", "litdata")):
+            if name in readers and not (args.root / sub).exists():
+                code = (
+                    f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'benchmarks')!r}); "
+                    f"import peers_bench as b; from pathlib import Path; "
+                    f"b.{fn}(Path({str(tar_dir)!r}), Path({str(args.root / sub)!r}), {args.shard_bytes})"
+                )
+                proc = subprocess.run([py_peers, "-c", code], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    notes.append(f"{name}: conversion failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    for sub in ("shardprune-tar", "mds", "litdata"):
+        if (args.root / sub).exists():
+            warm(args.root / sub)
+    runs: list[dict[str, Any]] = []
+    for rep in range(args.repeats):
+        for reader in readers:
+            py = py_peers if reader in ("mosaicml-streaming", "litdata") else (py_peers or sys.executable)
+            for ratio in ratios:
+                if py is None:
+                    runs.append({"reader": reader, "prune_ratio": ratio, "error": "peers venv missing (--setup-peers)"})
+                    continue
+                r = run_child(py, reader, ratio, args.root, args.batch_size)
+                r["repeat"] = rep
+                runs.append(r)
+                msg = r.get("error") or f"{r['samples']} samples, {r['samples_per_s']:,.0f}/s, rchar {mib(r['rchar'])} MiB"
+                print(f"  [{rep + 1}/{args.repeats}] {reader:<18} r={ratio:g}: {msg}", flush=True)
+    sizes = {
+        sub: sum(p.stat().st_size for p in (args.root / sub).rglob("*") if p.is_file())
+        for sub in ("shardprune-tar", "mds", "litdata")
+        if (args.root / sub).exists()
+    }
+    print()
+    print(f"{args.num_samples} samples of 32x32x3 uint8 (.npy payload 3,200 B); dataset bytes on disk: "
+          + ", ".join(f"{k} {mib(v)} MiB" for k, v in sizes.items()))
+    print(summarize(runs, readers, ratios))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), "sizes": sizes, "runs": runs, "notes": notes}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Index existing WebDataset tar shards without rewriting them.
+
+Users with terabytes of WebDataset tars adopt shardprune by writing a manifest and a
+header beside them: the tars are scanned once (member headers for the byte ranges, the
+sample bytes for their CRC32 and the ``cls`` label) and never modified.
+
+Rules a tar must follow (what WebDataset assumes, checked here because a violation
+would silently merge or split samples): uncompressed tar; a sample's members adjacent;
+no key seen twice (within or across tars); no dot in a key (the key ends at the first
+dot of the base name, so a dot can only sit in a directory name or a leading ``./``);
+every member has an extension, and at most one member per extension in a sample.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+
+from shardprune.errors import SourceError
+from shardprune.format.header import HEADER_NAME, MANIFEST_NAME, Header, ShardInfo
+from shardprune.format.manifest import NO_LABEL, Manifest, sha256
+from shardprune.format.tarsample import member_end, split_key
+from shardprune.format.writer import existing_dataset
+from shardprune.sources.base import check_labels
+from shardprune.sources.sniff import encoding_of
+from shardprune.storage import Storage
+
+Progress = Callable[[int], None]
+
+
+def _members(path: str) -> list[tarfile.TarInfo]:
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            return [m for m in tar.getmembers() if m.isfile()]
+    except FileNotFoundError as exc:
+        raise SourceError(f"{path!r} does not exist") from exc
+    except (tarfile.TarError, OSError) as exc:
+        raise SourceError(
+            f"{path!r} is not an uncompressed tar ({exc}); compressed tars cannot be read by byte range"
+        ) from exc
+
+
+def _scan(
+    path: str, label_ext: str | None, seen: dict[str, str]
+) -> tuple[list[tuple[int, int, int, int | None]], set[str]]:
+    """Return ``[(offset, length, crc32, label or None)]`` per sample of one tar, and its extensions."""
+    groups: list[list[tarfile.TarInfo]] = []
+    current: str | None = None
+    exts_in_group: set[str] = set()
+    for m in _members(path):
+        key, ext = split_key(m.name)
+        base = key.rsplit("/", 1)[-1]
+        if not base or "." in key:
+            raise SourceError(
+                f"{path!r}: member {m.name!r} has key {key!r}, which contains a dot or is empty; "
+                "WebDataset keys must not (rename the members or re-convert the data)"
+            )
+        if not ext:
+            raise SourceError(f"{path!r}: member {m.name!r} has no extension; WebDataset fields are KEY.EXT")
+        if key == current:
+            if ext in exts_in_group:
+                raise SourceError(f"{path!r}: sample {key!r} has two members with extension {ext!r}")
+            exts_in_group.add(ext)
+            groups[-1].append(m)
+            continue
+        if key in seen:
+            raise SourceError(
+                f"{path!r}: duplicate key {key!r} (also in {seen[key]!r}); a sample's members must be adjacent "
+                "and keys unique"
+            )
+        seen[key] = path
+        current, exts_in_group = key, {ext}
+        groups.append([m])
+    rows: list[tuple[int, int, int, int | None]] = []
+    exts: set[str] = set()
+    with open(path, "rb") as f:
+        for group in groups:
+            start = group[0].offset
+            length = member_end(group[-1]) - start
+            f.seek(start)
+            data = f.read(length)
+            if len(data) != length:
+                raise SourceError(f"{path!r} is truncated: sample at offset {start} needs {length} bytes")
+            label: int | None = None
+            for m in group:
+                ext = split_key(m.name)[1]
+                exts.add(ext)
+                if ext == label_ext:
+                    text = data[m.offset_data - start : m.offset_data - start + m.size]
+                    try:
+                        label = int(text.decode("ascii").strip())
+                    except (UnicodeDecodeError, ValueError) as exc:
+                        raise SourceError(f"{path!r}: {m.name!r} holds {text[:20]!r}, not an integer label") from exc
+            rows.append((start, length, zlib.crc32(data) & 0xFFFFFFFF, label))
+    return rows, exts
+
+
+def find_tars(root: str) -> list[str]:
+    """Paths (relative to ``root``, ``/``-separated, sorted) of the ``.tar`` files below ``root``."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(
+            os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
+            for f in filenames
+            if f.endswith(".tar") and not f.startswith(".")
+        )
+    return sorted(found)
+
+
+def index_tars(
+    root: str | os.PathLike[str],
+    *,
+    tars: list[str] | None = None,
+    label_ext: str | None = "cls",
+    num_classes: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Header:
+    """Write ``manifest.arrow`` and ``shardprune.json`` beside existing WebDataset tars.
+
+    Args:
+        root: Local directory holding the tars; it becomes the dataset root.
+        tars: Tar paths relative to ``root`` in shard order (default: every ``*.tar``
+            below ``root``, sorted).
+        label_ext: Member extension holding an ASCII integer label (default ``"cls"``;
+            None: unlabelled). Either every sample has it or none does.
+        num_classes: Labels must lie in ``0..num_classes-1`` (default: max label + 1).
+        overwrite: Replace an existing, different header and manifest (default False).
+        progress: Called with the number of samples indexed since the last call.
+
+    Raises:
+        SourceError: a rule in the module docstring is broken, or there are no samples.
+        OutputExistsError: a different dataset is already indexed here.
+    """
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.isdir(root):
+        raise SourceError(f"{root!r} is not a directory; pass the folder holding the .tar shards")
+    rels = find_tars(root) if tars is None else list(tars)
+    if not rels:
+        raise SourceError(f"no .tar files below {root!r}")
+    seen: dict[str, str] = {}
+    shards: list[ShardInfo] = []
+    cols: list[tuple[int, int, int, int, int | None]] = []
+    exts: set[str] = set()
+    for rel in rels:
+        path = os.path.join(root, rel)
+        rows, shard_exts = _scan(path, label_ext, seen)
+        if not rows:
+            continue
+        exts |= shard_exts
+        shard = len(shards)
+        shards.append(ShardInfo(path=rel, bytes=os.path.getsize(path), samples=len(rows)))
+        cols.extend((shard, o, n, c, lab) for o, n, c, lab in rows)
+        if progress is not None:
+            progress(len(rows))
+    if not cols:
+        raise SourceError(f"the tars below {root!r} hold no samples")
+    raw_labels = [c[4] for c in cols]
+    has = [lab is not None for lab in raw_labels]
+    labels: np.ndarray
+    if all(has):
+        labels, classes = check_labels(np.asarray(raw_labels, dtype=np.int64), num_classes, root)
+        num: int | None = classes
+    elif any(has):
+        missing = has.index(False)
+        raise SourceError(
+            f"sample {missing} has no .{label_ext} member while others do; label every sample or pass --label-ext ''"
+        )
+    else:
+        labels, num = np.full(len(cols), NO_LABEL, dtype=np.int64), None
+    manifest = Manifest.from_columns(
+        shard=np.array([c[0] for c in cols], dtype=np.int32),
+        offset=np.array([c[1] for c in cols], dtype=np.int64),
+        length=np.array([c[2] for c in cols], dtype=np.int64),
+        label=labels,
+        crc32=np.array([c[3] for c in cols], dtype=np.uint32),
+    )
+    manifest_bytes = manifest.to_bytes()
+    fields: dict[str, dict[str, Any]] = {ext: {"encoding": encoding_of(ext)} for ext in sorted(exts)}
+    header = Header(
+        num_samples=len(cols),
+        shard_format="tar",
+        fields=fields,
+        shards=tuple(shards),
+        manifest_sha256=sha256(manifest_bytes),
+        num_classes=num,
+        source={"kind": "webdataset-index", "label_ext": label_ext},
+    )
+    storage = Storage(root)
+    existing = existing_dataset(storage, header, overwrite)
+    if existing is not None:
+        return existing
+    storage.remove(HEADER_NAME)
+    storage.write_bytes_atomic(MANIFEST_NAME, manifest_bytes)
+    storage.write_bytes_atomic(HEADER_NAME, header.to_json().encode("utf-8"))
+    return header

@@ -1,0 +1,98 @@
+"""Baselines every pruning policy is compared against: full data and random dynamic pruning.
+
+Random dynamic pruning keeps a uniform random ``K = round((1 - r) N)`` samples per epoch.
+Samples never seen are always kept (weight 1) and count against the budget; the rest of
+the budget, ``k`` of the ``n`` seen samples, is drawn uniformly without replacement and
+weighted ``n / k`` (exact for a fixed count; ``1 / (1 - r)`` when nothing is unseen and
+``(1 - r) N`` is an integer). At least one seen sample is kept, so the weighted sum stays
+an unbiased estimate of the full sum even when unseen samples fill the budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardprune.policies.decision import (
+    EpochDecision,
+    PolicyBase,
+    budget,
+    check_call,
+    check_float,
+    choose_mask,
+    is_annealing,
+    keep_all,
+)
+from shardprune.policies.rng import PURPOSE_RANDOM, philox
+from shardprune.scores.snapshot import ScoreSnapshot
+
+
+def seen_budget(n: int, n_seen: int, prune_ratio: float) -> int:
+    """How many seen samples fit in the budget once every unseen sample is kept."""
+    k = budget(n, prune_ratio) - (n - n_seen)
+    return int(min(n_seen, max(k, min(n_seen, 1))))
+
+
+class Full(PolicyBase):
+    """No pruning: every sample, weight 1.
+
+    Args:
+        prune_ratio: Accepted for a uniform interface; must be 0.
+        delta: Accepted for a uniform interface; unused.
+    """
+
+    name = "full"
+
+    def __init__(self, prune_ratio: float = 0.0, delta: float = 0.875) -> None:
+        check_float("prune_ratio", prune_ratio, 0.0, 0.0)
+        delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
+        super().__init__(prune_ratio=0.0, delta=delta)
+
+    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
+        check_call(snapshot, epoch, seed, num_epochs)
+        return keep_all(len(snapshot), annealing=is_annealing(epoch, num_epochs, self.params["delta"]))
+
+
+class RandomPruning(PolicyBase):
+    """Uniform random dynamic pruning at prune ratio r.
+
+    Args:
+        prune_ratio: Fraction of the dataset pruned per epoch, in [0, 1). Default 0.3.
+        delta: Annealing start as a fraction of ``num_epochs``, in (0, 1]. Default 0.875.
+    """
+
+    name = "random"
+
+    def __init__(self, prune_ratio: float = 0.3, delta: float = 0.875) -> None:
+        prune_ratio = check_float("prune_ratio", prune_ratio, 0.0, 1.0, hi_open=True)
+        delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
+        super().__init__(prune_ratio=prune_ratio, delta=delta)
+
+    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
+        check_call(snapshot, epoch, seed, num_epochs)
+        n = len(snapshot)
+        if is_annealing(epoch, num_epochs, self.params["delta"]):
+            return keep_all(n, annealing=True)
+        seen = snapshot.seen
+        s_idx = np.flatnonzero(seen)
+        n_seen = len(s_idx)
+        k = seen_budget(n, n_seen, self.params["prune_ratio"])
+        picked = s_idx[choose_mask(philox(seed, PURPOSE_RANDOM, epoch), n_seen, k)]
+        keep = ~seen
+        keep[picked] = True
+        weights = np.ones(n, dtype=np.float32)
+        weights[picked] = n_seen / k if k else 1.0
+        keep_prob = np.ones(n, dtype=np.float32)
+        keep_prob[s_idx] = k / n_seen if n_seen else 1.0
+        kept = int(n - n_seen + k)
+        return EpochDecision(
+            keep=keep,
+            weights=weights,
+            keep_prob=keep_prob,
+            info={
+                "annealing": False,
+                "budget": budget(n, self.params["prune_ratio"]),
+                "seen": n_seen,
+                "kept": kept,
+                "pruned_fraction": 1.0 - kept / n,
+            },
+        )

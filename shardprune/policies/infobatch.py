@@ -1,0 +1,104 @@
+"""InfoBatch (Qin et al., ICLR 2024): prune a random part of the well-learned samples.
+
+The official rule (NUS-HPC-AI-Lab/InfoBatch ``infobatch.py``, ``InfoBatch.prune``):
+
+* score = the sample's latest training loss (stale for samples pruned since);
+* ``m`` = mean score; well-learned set ``W = {i : s_i < m}`` (strict);
+* keep a uniform subset of ``W`` of exactly ``int(keep_ratio * |W|)`` samples, without
+  replacement, ``keep_ratio = min(1, max(0.1, 1 - r))``; everything outside ``W`` is kept;
+* kept well-learned samples get a larger weight; everything else weight 1;
+* annealing: epochs ``e >= delta * num_epochs`` read all data with weight 1.
+
+Where shardprune differs, on purpose (ALGORITHMS.md lists the official defects):
+
+* "All scores" means all *seen* samples: a sample never trained on has no loss, is
+  excluded from the mean and from ``W``, and is always kept with weight 1. The official
+  code instead starts every score at 3.0, which assumes cross-entropy's scale.
+* The weight of a kept well-learned sample is ``|W| / k`` (``weight="exact"``), which
+  makes the weighted sum unbiased for the exact count ``k`` kept; the official
+  ``1 / keep_ratio`` is available as ``weight="official"``. They are equal whenever
+  ``keep_ratio * |W|`` is an integer.
+* Randomness comes from a Philox stream keyed by the user's seed and the epoch, not from
+  numpy's global RNG reseeded with the epoch number.
+* The annealing test is an exact comparison, so weights are 1 in every annealing epoch
+  even when ``num_epochs * delta`` is not an integer; weights are computed afresh every
+  epoch, never reset by a float-equality check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardprune.policies.decision import (
+    EpochDecision,
+    PolicyBase,
+    check_call,
+    check_float,
+    choose_mask,
+    is_annealing,
+    keep_all,
+)
+from shardprune.policies.rng import PURPOSE_INFOBATCH, philox
+from shardprune.errors import ConfigError
+from shardprune.scores.snapshot import ScoreSnapshot
+
+WEIGHT_MODES = ("exact", "official")
+
+
+class InfoBatch(PolicyBase):
+    """InfoBatch's keep rule on the latest losses.
+
+    Args:
+        prune_ratio: r, the fraction of the well-learned set pruned, in [0, 0.9]
+            (the official code clamps the keep ratio at 0.1). Default 0.5.
+        delta: Annealing start as a fraction of ``num_epochs``, in (0, 1]. Default 0.875.
+        weight: ``"exact"`` (default, ``|W|/k``) or ``"official"`` (``1/(1-r)``).
+    """
+
+    name = "infobatch"
+
+    def __init__(self, prune_ratio: float = 0.5, delta: float = 0.875, weight: str = "exact") -> None:
+        prune_ratio = check_float("prune_ratio", prune_ratio, 0.0, 0.9)
+        delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
+        if weight not in WEIGHT_MODES:
+            raise ConfigError(f"weight={weight!r} must be one of {WEIGHT_MODES}")
+        super().__init__(prune_ratio=prune_ratio, delta=delta, weight=weight)
+        self.keep_ratio = min(1.0, max(0.1, 1.0 - prune_ratio))
+
+    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
+        check_call(snapshot, epoch, seed, num_epochs)
+        n = len(snapshot)
+        if is_annealing(epoch, num_epochs, self.params["delta"]):
+            return keep_all(n, annealing=True, threshold=float("nan"), well_learned=0)
+        seen = snapshot.seen
+        scores = snapshot.loss
+        n_seen = int(np.count_nonzero(seen))
+        # float64 accumulation: a float32 running sum drifts at 1e8 samples.
+        threshold = float(np.sum(scores, where=seen, dtype=np.float64) / n_seen) if n_seen else float("nan")
+        well = seen & (scores < threshold) if n_seen else np.zeros(n, dtype=bool)
+        w_idx = np.flatnonzero(well)
+        n_well = len(w_idx)
+        k = int(self.keep_ratio * n_well)
+        picked = w_idx[choose_mask(philox(seed, PURPOSE_INFOBATCH, epoch), n_well, k)]
+        keep = ~well
+        keep[picked] = True
+        weight = (n_well / k if self.params["weight"] == "exact" else 1.0 / self.keep_ratio) if k else 1.0
+        weights = np.ones(n, dtype=np.float32)
+        weights[picked] = weight
+        keep_prob = np.ones(n, dtype=np.float32)
+        keep_prob[w_idx] = k / n_well if n_well else 1.0
+        return EpochDecision(
+            keep=keep,
+            weights=weights,
+            keep_prob=keep_prob,
+            info={
+                "annealing": False,
+                "threshold": threshold,
+                "seen": n_seen,
+                "well_learned": n_well,
+                "kept_well_learned": k,
+                "weight": float(weight),
+                "official_weight": 1.0 / self.keep_ratio,
+                "pruned_fraction": (n_well - k) / n,
+            },
+        )

@@ -1,0 +1,24 @@
+"""Shared test fixtures (generic only)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from s3server import S3Server, running_s3_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server (moto) on 127.0.0.1 with an empty bucket.
+
+    Use ``s3_server.url()`` for a fresh ``s3://bucket/prefix`` and
+    ``s3_server.storage_options`` for s3fs.
+    """
+    with running_s3_server() as server:
+        yield server
