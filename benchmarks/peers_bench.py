@@ -51,6 +51,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PEERS_VENV = REPO / ".bench" / "peers-venv"
 READERS = ("shardprune", "webdataset", "mosaicml-streaming", "litdata")
+#: The directory each reader reads, under ``--root``.
+DATA_DIR = {"shardprune": "shardprune-tar", "webdataset": "shardprune-tar", "mosaicml-streaming": "mds", "litdata": "litdata"}
 PEER_PACKAGES = ("mosaicml-streaming==0.13.0", "litdata==0.2.76")
 PEER_RUNTIME_DEPS = (
     "xxhash", "zstd", "python-snappy", "cramjam", "Brotli", "catalogue", "lightning-utilities", "obstore", "tifffile",
@@ -74,6 +76,58 @@ def rss_peak_bytes() -> int:
 def rss_now_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _libc() -> Any:
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+    return libc
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` now in the page cache (``mincore`` on a fresh mapping)."""
+    import ctypes
+
+    libc = _libc()
+    total = 0
+    for p in sorted(path.rglob("*")):
+        size = p.stat().st_size if p.is_file() else 0
+        if size == 0:
+            continue
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            if addr is None or addr == ctypes.c_void_p(-1).value:
+                raise OSError(ctypes.get_errno(), f"mmap {p}")
+            pages = (size + _PAGE - 1) // _PAGE
+            vec = (ctypes.c_ubyte * pages)()
+            rc = libc.mincore(addr, size, vec)
+            libc.munmap(addr, size)
+            if rc != 0:
+                raise OSError(ctypes.get_errno(), f"mincore {p}")
+        finally:
+            os.close(fd)
+        total += sum(b & 1 for b in bytes(vec)) * _PAGE
+    return total
+
+
+def evict(path: Path) -> None:
+    """Drop the files under ``path`` from the page cache (clean pages; no root needed)."""
+    for p in path.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def keep_fn(ratio: float) -> Callable[[int], bool]:
@@ -358,21 +412,28 @@ def mib(n: float) -> str:
 
 
 def summarize(runs: list[dict[str, Any]], readers: list[str], ratios: list[float]) -> str:
-    header = "| reader | r | samples | samples/s (median) | bytes read MiB (rchar) | disk read MiB | peak RSS MiB | RSS growth MiB |"
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    header = (
+        "| reader | r | samples | samples/s warm (median, min-max) | read syscall MiB (rchar) | samples/s cold | "
+        "MiB brought into page cache, cold | peak RSS MiB | RSS growth MiB |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for reader in readers:
         for ratio in ratios:
-            rs = [r for r in runs if r["reader"] == reader and r["prune_ratio"] == ratio]
-            errors = [r["error"] for r in rs if "error" in r]
+            rs = [r for r in runs if r["reader"] == reader and r["prune_ratio"] == ratio and not r.get("cold")]
+            cold = [r for r in runs if r["reader"] == reader and r["prune_ratio"] == ratio and r.get("cold")]
+            errors = [r["error"] for r in rs + cold if "error" in r]
             ok = [r for r in rs if "error" not in r]
+            cold_ok = [r for r in cold if "error" not in r]
             if not ok:
-                lines.append(f"| {reader} | {ratio:g} | - | not run: {errors[0] if errors else 'skipped'} | | | | |")
+                lines.append(f"| {reader} | {ratio:g} | - | not run: {errors[0] if errors else 'skipped'} | | | | | |")
                 continue
             sps = float(np.median([r["samples_per_s"] for r in ok]))
             spread = (min(r["samples_per_s"] for r in ok), max(r["samples_per_s"] for r in ok))
+            cold_sps = f"{cold_ok[0]['samples_per_s']:,.0f}" if cold_ok else "-"
+            cold_in = mib(cold_ok[0]["cache_bytes_in"]) if cold_ok else "-"
             lines.append(
                 f"| {reader} | {ratio:g} | {ok[0]['samples']} | {sps:,.0f} ({spread[0]:,.0f}-{spread[1]:,.0f}) | "
-                f"{mib(np.median([r['rchar'] for r in ok]))} | {mib(np.median([r['read_bytes'] for r in ok]))} | "
+                f"{mib(np.median([r['rchar'] for r in ok]))} | {cold_sps} | {cold_in} | "
                 f"{mib(max(r['peak_rss'] for r in ok))} | "
                 f"{mib(max(r['peak_rss'] - r['rss_after_imports'] for r in ok))} |"
             )
@@ -445,6 +506,23 @@ def main() -> int:
                 runs.append(r)
                 msg = r.get("error") or f"{r['samples']} samples, {r['samples_per_s']:,.0f}/s, rchar {mib(r['rchar'])} MiB"
                 print(f"  [{rep + 1}/{args.repeats}] {reader:<18} r={ratio:g}: {msg}", flush=True)
+    # One cold run per (reader, ratio): the reader's files are evicted from the page cache
+    # first, and afterwards the bytes it brought back in are counted with mincore. This
+    # sees every way of reading (read syscalls, mmap page faults) plus kernel readahead.
+    for reader in readers:
+        py = py_peers if reader in ("mosaicml-streaming", "litdata") else (py_peers or sys.executable)
+        data_dir = args.root / DATA_DIR[reader]
+        if py is None or not data_dir.exists():
+            continue
+        for ratio in ratios:
+            evict(data_dir)
+            before = resident_bytes(data_dir)
+            r = run_child(py, reader, ratio, args.root, args.batch_size)
+            r["cold"] = True
+            r["cache_bytes_in"] = resident_bytes(data_dir) - before
+            runs.append(r)
+            msg = r.get("error") or f"{r['samples_per_s']:,.0f}/s, brought into page cache {mib(r['cache_bytes_in'])} MiB"
+            print(f"  [cold] {reader:<18} r={ratio:g}: {msg}", flush=True)
     sizes = {
         sub: sum(p.stat().st_size for p in (args.root / sub).rglob("*") if p.is_file())
         for sub in ("shardprune-tar", "mds", "litdata")

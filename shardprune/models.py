@@ -3,7 +3,7 @@
 - :class:`MLP` for scikit-learn's 8x8 digits (64 features).
 - :class:`MNIST1DCNN`, the 1D CNN of the MNIST-1D paper (Greydanus, 2020,
   ``mnist1d`` repository, ``ConvBase``): three stride-2 convolutions of 25 channels and
-  one linear layer; about 5.6k parameters, about 94% test accuracy on the default
+  one linear layer; 5,210 parameters, about 94% test accuracy on the default
   4,000-sample training split.
 
 :func:`make_model` picks the model a built-in dataset is trained with.

@@ -8,15 +8,33 @@ fetched", which is wrong under Accelerate or the HF Trainer).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from shardprune.errors import ConfigError
-from shardprune.scores.store import ScoreStore
+
+__all__ = ["ScoreSink", "weighted_loss"]
 
 
-def weighted_loss(batch: Mapping[str, Any], per_sample_loss: torch.Tensor, store: ScoreStore | None) -> torch.Tensor:
+@runtime_checkable
+class ScoreSink(Protocol):
+    """Where :func:`weighted_loss` reports losses.
+
+    :class:`shardprune.scores.ScoreStore` is one; a distributed wrapper that gathers the
+    reports of every rank before storing them is another.
+    """
+
+    def update(self, ids: Any, losses: Any) -> None:
+        """Record one loss per id (``ids`` and ``losses`` have the same length)."""
+        ...
+
+    def record_skipped(self, count: int, reason: str) -> None:
+        """Count ``count`` samples whose loss was not reported, because of ``reason``."""
+        ...
+
+
+def weighted_loss(batch: Mapping[str, Any], per_sample_loss: torch.Tensor, store: ScoreSink | None) -> torch.Tensor:
     """Return ``mean(weights * loss)`` and send the unmixed samples' losses to ``store``.
 
     Args:
@@ -61,7 +79,7 @@ def weighted_loss(batch: Mapping[str, Any], per_sample_loss: torch.Tensor, store
     return loss
 
 
-def _report(batch: Mapping[str, Any], ids: Any, losses: torch.Tensor, store: ScoreStore) -> None:
+def _report(batch: Mapping[str, Any], ids: Any, losses: torch.Tensor, store: ScoreSink) -> None:
     mixed = batch.get("mixed")
     if mixed is None:
         store.update(ids, losses)

@@ -25,6 +25,10 @@ from shardprune.loader.decode import Sample, Transform, decode_sample
 from shardprune.loader.ioplan import ReadBlock, ReadUnit
 
 
+#: Sample keys that survive a ``fields`` selection.
+_ALWAYS = frozenset({"id", "label", "__key__"})
+
+
 @dataclass
 class UnitResult:
     """Samples of one read unit, by plan slot, and what reading them cost.
@@ -53,6 +57,8 @@ class UnitFetcher:
         transform: Optional ``fn(sample) -> sample`` run after decoding.
         io_threads: Concurrent range requests per unit (>= 1). More than 1 helps object
             storage, where each request pays a round trip.
+        fields: Field names to keep (others are dropped before decoding), or None for all.
+            ``id``, ``label`` and ``__key__`` are always kept.
     """
 
     def __init__(
@@ -62,9 +68,18 @@ class UnitFetcher:
         decode: bool = True,
         transform: Transform | None = None,
         io_threads: int = 1,
+        fields: tuple[str, ...] | None = None,
     ) -> None:
-        if io_threads < 1:
-            raise ConfigError(f"io_threads={io_threads} must be >= 1")
+        if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
+            raise ConfigError(f"io_threads={io_threads!r} must be an int >= 1")
+        if fields is not None:
+            unknown = sorted(set(fields) - set(dataset.header.fields))
+            if unknown or not fields:
+                raise ConfigError(
+                    f"fields={list(fields)} names unknown field(s) {unknown}; the dataset has "
+                    f"{sorted(dataset.header.fields)} (pass fields=None for all)"
+                )
+        self.fields = None if fields is None else frozenset(fields)
         self.dataset = dataset
         self.decode = decode
         self.transform = transform
@@ -104,6 +119,8 @@ class UnitFetcher:
             raw = bytes(view[start : start + n])
             ds.verify(i, raw)
             sample = ds.decode(i, raw)
+            if self.fields is not None:
+                sample = {k: v for k, v in sample.items() if k in self.fields or k in _ALWAYS}
             if self.decode:
                 sample = decode_sample(sample, ds.header.fields, ds.where(i))
             if self.transform is not None:

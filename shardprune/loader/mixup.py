@@ -10,14 +10,15 @@ Partners are other *eligible* samples of the same batch: kept, non-pad samples, 
 Mixup never reads a pruned sample's bytes. A mixed sample ``a`` with partner ``p``
 gets, from the unblended partner:
 
-* ``x_a = lambda * x_a + (1 - lambda) * x_p`` (the input field becomes float32 for the
-  whole epoch whenever ``prob > 0``, so batch dtypes do not change within an epoch);
+* ``x_a = lambda * x_a + (1 - lambda) * x_p`` for every stacked *floating-point* field
+  (integer fields such as uint8 images are never blended: convert them with a
+  ``transform`` first; labels are never blended either);
 * ``target_a = lambda * onehot(y_a) + (1 - lambda) * onehot(y_p)``;
 * ``weight_a = lambda * w_a + (1 - lambda) * w_p``.
 
 Batch fields added: ``mixed`` (bool), ``mix_partner`` (int64 index within the batch,
 -1 when unmixed), ``mix_lambda`` (float32, 1 when unmixed) and, when ``prob > 0``,
-``target`` (float32 soft targets, ``num_classes`` wide).
+``target`` (float32 soft targets, ``num_classes`` wide, when the dataset has classes).
 """
 
 from __future__ import annotations
@@ -67,10 +68,27 @@ def mixup_draws(
     return mixed, partner, lam
 
 
+#: Batch keys that are never blended: bookkeeping, labels and the Mixup fields themselves.
+NOT_BLENDED = frozenset({"ids", "label", "weights", "mixed", "mix_partner", "mix_lambda", "target"})
+
+
+def blendable_fields(batch: Batch) -> list[str]:
+    """Keys of ``batch`` that Mixup blends: stacked floating-point tensors (sorted).
+
+    Integer fields (uint8 images, token ids), ragged lists, labels and bookkeeping
+    fields are never blended; give the loader a ``transform`` that converts images to
+    float if they should be.
+    """
+    return sorted(
+        k
+        for k, v in batch.items()
+        if k not in NOT_BLENDED and isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 1
+    )
+
+
 def apply_mixup(
     batch: Batch,
     *,
-    field: str | None,
     eligible: np.ndarray,
     seed: int,
     epoch: int,
@@ -79,11 +97,16 @@ def apply_mixup(
     alpha: float,
     num_classes: int | None,
 ) -> Batch:
-    """Blend ``batch`` in place of its input field and add the Mixup fields.
+    """Blend the float fields of ``batch`` and add the Mixup fields.
+
+    Every stacked floating-point tensor field (see :func:`blendable_fields`) is blended
+    with the partner's unblended value; labels stay as they are, and ``mixed``,
+    ``mix_partner``, ``mix_lambda`` (and ``target`` when ``num_classes`` is known) tell
+    the loss how to mix targets. The blended weight is ``lam * w_a + (1 - lam) * w_p``.
 
     Raises:
-        ConfigError: Mixup is on but the input field is missing or not a stacked tensor,
-            or the dataset has no ``num_classes``.
+        ConfigError: ``prob`` is outside [0, 1], or Mixup is on and the batch has no
+            floating-point field to blend.
     """
     if not 0.0 <= prob <= 1.0:
         raise ConfigError(f"mixup_prob={prob} is outside [0, 1]")
@@ -95,33 +118,34 @@ def apply_mixup(
     batch["mix_lambda"] = torch.from_numpy(lam)
     if prob <= 0:
         return batch
-    if num_classes is None:
-        raise ConfigError("Mixup is on (mixup_prob > 0) but the dataset header has no num_classes")
-    if field is None or not isinstance(batch.get(field), torch.Tensor):
+    fields = blendable_fields(batch)
+    if not fields:
+        kinds = {k: (str(v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__) for k, v in batch.items()}
         raise ConfigError(
-            f"Mixup needs the input field {field!r} as a stacked tensor; images of different sizes "
-            "need a transform that resizes them, and mixup_field= names the field to blend"
+            f"the policy asks for Mixup (mixup_prob={prob}) but the batch has no floating-point field to "
+            f"blend (fields: {kinds}); pass a transform that converts inputs to float (e.g. images to "
+            "float32 of one size), or mixup=False to the loader"
         )
-    x = batch[field].to(torch.float32)
-    labels = batch["label"]
-    target = torch.zeros((labels.shape[0], num_classes), dtype=torch.float32)
-    valid = labels >= 0
-    target[valid, labels[valid]] = 1.0
-    if mixed.any():
-        idx = torch.from_numpy(np.flatnonzero(mixed))
-        part = torch.from_numpy(partner[mixed])
-        lam_t = torch.from_numpy(lam[mixed])
+    if num_classes is not None and isinstance(batch.get("label"), torch.Tensor):
+        labels = batch["label"]
+        target = torch.zeros((labels.shape[0], num_classes), dtype=torch.float32)
+        valid = (labels >= 0) & (labels < num_classes)
+        target[valid, labels[valid]] = 1.0
+        batch["target"] = target
+    if not mixed.any():
+        return batch
+    idx = torch.from_numpy(np.flatnonzero(mixed))
+    part = torch.from_numpy(partner[mixed])
+    lam_t = torch.from_numpy(lam[mixed])
+    for name in fields + (["target"] if "target" in batch else []):
+        x = batch[name]
         shape = (-1,) + (1,) * (x.dim() - 1)
+        lam_x = lam_t.to(x.dtype).view(shape)
         x_new = x.clone()
-        x_new[idx] = lam_t.view(shape) * x[idx] + (1 - lam_t.view(shape)) * x[part]
-        x = x_new
-        t_new = target.clone()
-        t_new[idx] = lam_t[:, None] * target[idx] + (1 - lam_t[:, None]) * target[part]
-        target = t_new
-        w = batch["weights"]
-        w_new = w.clone()
-        w_new[idx] = lam_t * w[idx] + (1 - lam_t) * w[part]
-        batch["weights"] = w_new
-    batch[field] = x
-    batch["target"] = target
+        x_new[idx] = lam_x * x[idx] + (1 - lam_x) * x[part]
+        batch[name] = x_new
+    w = batch["weights"]
+    w_new = w.clone()
+    w_new[idx] = lam_t * w[idx] + (1 - lam_t) * w[part]
+    batch["weights"] = w_new
     return batch

@@ -45,7 +45,9 @@ class _GreedyBase(PolicyBase):
         delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
         epsilon = check_float("epsilon", epsilon, 0.0, 1.0)
         if not isinstance(reweight, bool):
-            raise ConfigError(f"reweight={reweight!r} must be True or False")
+            raise ConfigError(
+                f"reweight={reweight!r} must be True or False; True weights explored samples for an unbiased sum"
+            )
         PolicyBase.__init__(self, prune_ratio=prune_ratio, delta=delta, epsilon=epsilon, reweight=reweight, **extra)
 
     def score(self, snapshot: ScoreSnapshot, s_idx: np.ndarray) -> np.ndarray:

@@ -43,7 +43,9 @@ class Full(PolicyBase):
     name = "full"
 
     def __init__(self, prune_ratio: float = 0.0, delta: float = 0.875) -> None:
-        check_float("prune_ratio", prune_ratio, 0.0, 0.0)
+        check_float(
+            "prune_ratio", prune_ratio, 0.0, 0.0, fix="policy 'full' never prunes; use policy 'random' to prune at random"
+        )
         delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
         super().__init__(prune_ratio=0.0, delta=delta)
 

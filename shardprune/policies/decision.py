@@ -58,15 +58,39 @@ class Policy(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def check_float(name: str, value: object, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
-    """Validate a float parameter against ``[lo, hi]`` (ends optionally open)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)):
-        raise ConfigError(f"{name}={value!r} must be a number")
+def check_float(
+    name: str,
+    value: object,
+    lo: float,
+    hi: float,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    fix: str = "",
+) -> float:
+    """Validate a float parameter against ``[lo, hi]`` (ends optionally open).
+
+    Args:
+        name: Parameter name, for the message.
+        value: What the caller passed.
+        lo: Lower end of the allowed range.
+        hi: Upper end of the allowed range.
+        lo_open: Exclude ``lo`` itself.
+        hi_open: Exclude ``hi`` itself.
+        fix: What to do instead (default: pick a value inside the range).
+
+    Raises:
+        ConfigError: naming the value, the range and the fix.
+    """
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    allowed = f"{left}{lo}, {hi}{right}"
+    hint = fix or f"pass a {name} in {allowed}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or math.isnan(value):
+        raise ConfigError(f"{name}={value!r} must be a number in {allowed}; {hint}")
     v = float(value)
     if (v < lo or (lo_open and v == lo)) or (v > hi or (hi_open and v == hi)):
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        raise ConfigError(f"{name}={v} is outside {left}{lo}, {hi}{right}")
+        raise ConfigError(f"{name}={v} is outside {allowed}; {hint}")
     return v
 
 
@@ -75,12 +99,16 @@ def check_call(snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) 
         raise ConfigError(f"decide() needs a ScoreSnapshot, got {type(snapshot).__name__}; use store.snapshot()")
     for name, value, low in (("epoch", epoch, 0), ("num_epochs", num_epochs, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ConfigError(f"{name}={value!r} must be an int >= {low}")
+            raise ConfigError(f"decide(): {name}={value!r} must be an int >= {low}; pass a whole number from {low} up")
 
 
 def is_annealing(epoch: int, num_epochs: int, delta: float) -> bool:
-    """True for epochs ``e >= delta * num_epochs`` (exact rational comparison, no float ==)."""
-    return Fraction(epoch) >= Fraction(delta) * num_epochs
+    """True for epochs ``e >= delta * num_epochs``, compared exactly (no float product or ==).
+
+    ``delta`` is taken as the decimal it prints as (``0.7`` is 7/10, not the binary
+    double just above it), so ``delta=0.7, num_epochs=10`` anneals from epoch 7 on.
+    """
+    return Fraction(epoch) >= Fraction(repr(float(delta))) * num_epochs
 
 
 def budget(n: int, prune_ratio: float) -> int:

@@ -58,10 +58,16 @@ class InfoBatch(PolicyBase):
     name = "infobatch"
 
     def __init__(self, prune_ratio: float = 0.5, delta: float = 0.875, weight: str = "exact") -> None:
-        prune_ratio = check_float("prune_ratio", prune_ratio, 0.0, 0.9)
+        prune_ratio = check_float(
+            "prune_ratio",
+            prune_ratio,
+            0.0,
+            0.9,
+            fix="InfoBatch keeps at least 10% of the well-learned samples (as the official code); use r <= 0.9",
+        )
         delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
         if weight not in WEIGHT_MODES:
-            raise ConfigError(f"weight={weight!r} must be one of {WEIGHT_MODES}")
+            raise ConfigError(f"weight={weight!r} must be one of {WEIGHT_MODES}; 'exact' is unbiased for any |W|")
         super().__init__(prune_ratio=prune_ratio, delta=delta, weight=weight)
         self.keep_ratio = min(1.0, max(0.1, 1.0 - prune_ratio))
 
@@ -100,5 +106,9 @@ class InfoBatch(PolicyBase):
                 "weight": float(weight),
                 "official_weight": 1.0 / self.keep_ratio,
                 "pruned_fraction": (n_well - k) / n,
+                # Unbiased iff every kept well-learned sample stands for |W|/k of them. Not so
+                # when floor((1 - r)|W|) = 0 < |W| (all of W dropped, as the official code does),
+                # nor for weight="official" when (1 - r)|W| is not an integer.
+                "unbiased": n_well == 0 or (k > 0 and abs(weight * k - n_well) <= 1e-9 * n_well),
             },
         )

@@ -1,0 +1,478 @@
+#!/usr/bin/env python
+"""Training benchmark: does pruning inside the loader keep accuracy for fewer visits and bytes?
+
+    python benchmarks/train_bench.py --jobs 2                      # the grid below, both datasets
+    python benchmarks/train_bench.py --datasets mnist1d --seeds 0  # a smaller grid
+    python benchmarks/train_bench.py --calibrate --datasets mnist1d # choose lr/batch/epochs on validation
+    python benchmarks/train_bench.py --report-only                  # re-aggregate saved runs
+
+Every (dataset, policy, prune ratio, seed) trains the dataset's model (the MNIST-1D
+paper's 1D CNN; an MLP for digits) with :func:`shardprune.demo.trainer.train_policy`
+through the streaming loader, with the same epochs, batch size and learning-rate schedule
+for every policy. Hyper-parameters are the demo's per-dataset defaults, which
+``--calibrate`` chooses with the ``full`` policy on a validation split carved from the
+train split (its last 10%); the test split is only ever used for the final numbers.
+
+InfoBatch's ``r`` prunes a fraction of the *well-learned* samples only, so it visits more
+than random pruning at the same ``r``. To compare at the same number of visits, each
+InfoBatch run also gets a ``random`` run whose ratio is matched to its measured visits
+(listed as ``random=ib``). SwDPP's ``r`` is the real expected fraction pruned, so random
+at the same ``r`` is already matched.
+
+Each run is written to ``<out>/runs/<name>.json`` as soon as it finishes; a cut-off
+benchmark continues where it stopped when run again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shardprune.demo.data import prepare_data  # noqa: E402
+from shardprune.demo.trainer import DATASET_DEFAULTS, RunResult, TrainConfig  # noqa: E402
+
+PRUNING_POLICIES = ("random", "epsilon_greedy", "ucb", "infobatch", "swdpp")
+MATCHED = "random=ib"
+DEFAULT_SAMPLES = {"mnist1d": 5000, "digits": None}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid."""
+
+    dataset: str
+    num_samples: int | None
+    policy: str
+    prune_ratio: float
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    ema_beta: float = 0.9
+    validation: bool = False
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        tag = self.label or self.policy
+        val = "-val" if self.validation else ""
+        return (
+            f"{self.dataset}{val}-n{self.num_samples or 'all'}-{tag}-r{self.prune_ratio:.4f}-s{self.seed}"
+            f"-e{self.epochs}-b{self.batch_size}-lr{self.lr:g}-beta{self.ema_beta:g}"
+        ).replace("=", "_")
+
+    def config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            prune_ratio=self.prune_ratio,
+            seed=self.seed,
+            ema_beta=self.ema_beta,
+        )
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_one(spec: RunSpec, root: Path) -> dict[str, Any]:
+    """Train one spec (in a pool process) and write its JSON; return the document."""
+    from shardprune.demo.data import load_arrays
+    from shardprune.demo.trainer import train_policy
+
+    data = prepare_data(spec.dataset, root, num_samples=spec.num_samples, validation=spec.validation)
+    test = load_arrays(data.test, data.field)
+    t0 = time.perf_counter()
+    result = train_policy(data, spec.policy, spec.config(), root / "work" / spec.name, test=test, progress=False)
+    doc = {
+        "spec": asdict(spec),
+        "result": result.to_json(),
+        "total_s": time.perf_counter() - t0,
+        "train_samples": len(data.train),
+        "eval_samples": len(data.test),
+    }
+    path = root / "runs" / f"{spec.name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+    return doc
+
+
+def load_done(root: Path, specs: list[RunSpec]) -> dict[RunSpec, dict[str, Any]]:
+    done: dict[RunSpec, dict[str, Any]] = {}
+    for spec in specs:
+        path = root / "runs" / f"{spec.name}.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            if doc.get("spec") == asdict(spec):
+                done[spec] = doc
+    return done
+
+
+def execute(specs: list[RunSpec], root: Path, jobs: int) -> dict[RunSpec, dict[str, Any]]:
+    """Run the specs not already on disk, ``jobs`` at a time; return every spec's document."""
+    from tqdm.auto import tqdm
+
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    done = load_done(root, specs)
+    todo = [s for s in specs if s not in done]
+    # Convert each dataset once here, so pool processes only read it.
+    for key in sorted({(s.dataset, s.num_samples, s.validation) for s in todo}, key=str):
+        prepare_data(key[0], root, num_samples=key[1], validation=key[2])
+    if not todo:
+        return done
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    bar = tqdm(total=len(specs), initial=len(done), desc="runs", unit="run", dynamic_ncols=True)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(threads,)) as ex:
+        futures = {ex.submit(run_one, s, root): s for s in todo}
+        for fut in as_completed(futures):
+            spec = futures[fut]
+            doc = fut.result()
+            done[spec] = doc
+            r = doc["result"]
+            bar.set_postfix_str(f"{spec.dataset} {spec.label or spec.policy} r={spec.prune_ratio:.2f} acc={r['final_test_acc']:.3f}")
+            bar.update(1)
+    bar.close()
+    return done
+
+
+def matched_ratio(full_visits: float, random_visits: float, random_ratio: float, target_visits: float) -> float:
+    """The random ratio whose visits equal ``target_visits``.
+
+    Random pruning's visits fall linearly with ``r`` (a fixed budget ``round((1 - r) N)`` in
+    each pruning epoch), so two measured points (``r = 0``: full; ``random_ratio``) give the line.
+    """
+    slope = (full_visits - random_visits) / random_ratio
+    if slope <= 0:
+        return 0.0
+    return float(min(max((full_visits - target_visits) / slope, 0.0), 0.95))
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def grid(args: argparse.Namespace, dataset: str) -> tuple[list[RunSpec], RunSpec]:
+    d = DATASET_DEFAULTS[dataset]
+    base = RunSpec(
+        dataset=dataset,
+        num_samples=args.num_samples if args.num_samples is not None else DEFAULT_SAMPLES[dataset],
+        policy="full",
+        prune_ratio=0.0,
+        seed=0,
+        epochs=args.epochs or d["epochs"],
+        batch_size=d["batch_size"],
+        lr=d["lr"],
+        ema_beta=d["ema_beta"],
+    )
+    specs = []
+    for seed in args.seeds:
+        specs.append(replace(base, seed=seed))
+        for ratio, policy in itertools.product(args.ratios, args.policies):
+            specs.append(replace(base, seed=seed, policy=policy, prune_ratio=ratio))
+    return specs, base
+
+
+def matched_specs(base: RunSpec, args: argparse.Namespace, done: dict[RunSpec, dict[str, Any]]) -> list[RunSpec]:
+    """A random run per InfoBatch run, at the ratio giving InfoBatch's measured visits."""
+    out: list[RunSpec] = []
+    if "infobatch" not in args.policies or "random" not in args.policies:
+        return out
+    for seed, ratio in itertools.product(args.seeds, args.ratios):
+        full = done.get(replace(base, seed=seed))
+        rnd = done.get(replace(base, seed=seed, policy="random", prune_ratio=ratio))
+        ib = done.get(replace(base, seed=seed, policy="infobatch", prune_ratio=ratio))
+        if not (full and rnd and ib):
+            continue
+        r = matched_ratio(full["result"]["visits"], rnd["result"]["visits"], ratio, ib["result"]["visits"])
+        out.append(replace(base, seed=seed, policy="random", prune_ratio=round(r, 4), label=f"{MATCHED}{ratio:g}"))
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    def sh(cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    import torch
+
+    return {
+        "nproc": sh("nproc"),
+        "free_g": sh("free -g | sed -n 2p"),
+        "cpu": sh("lscpu | grep 'Model name' | sed 's/.*: *//'"),
+        "loadavg_at_report": sh("cat /proc/loadavg"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": "none (CPU only; no GPU was lent in this session)",
+    }
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray(xs, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarize(dataset: str, base: RunSpec, args: argparse.Namespace, done: dict[RunSpec, dict[str, Any]]) -> dict[str, Any]:
+    """Per (policy, ratio): mean and std over seeds of accuracy and savings relative to full."""
+    fulls = {s.seed: d for s, d in done.items() if s.dataset == dataset and s.policy == "full" and not s.label}
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for spec, doc in done.items():
+        if spec.dataset != dataset or spec.seed not in fulls or spec.validation:
+            continue
+        if replace(spec, policy=base.policy, prune_ratio=0.0, label="", seed=base.seed) != base:
+            continue
+        if spec.label.startswith(MATCHED):
+            key = (MATCHED, float(spec.label[len(MATCHED) :]))
+        else:
+            key = (spec.policy, spec.prune_ratio)
+        full = fulls[spec.seed]["result"]
+        r = doc["result"]
+        groups.setdefault(key, []).append(
+            {
+                "seed": spec.seed,
+                "acc": r["final_test_acc"],
+                "ratio_used": spec.prune_ratio,
+                "visits_saved": 1 - r["visits"] / full["visits"],
+                "bytes_not_read": r["bytes_not_read"] / max(r["bytes_read"] + r["bytes_not_read"], 1),
+                "bytes_saved": 1 - r["bytes_read"] / full["bytes_read"],
+                "wall_saved": 1 - r["wall_s"] / full["wall_s"],
+                "wall_s": r["wall_s"],
+            }
+        )
+    rows = []
+    for (policy, ratio), items in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] != "full", kv[0][0])):
+        row: dict[str, Any] = {"policy": policy, "ratio": ratio, "seeds": sorted(i["seed"] for i in items)}
+        for k in ("acc", "visits_saved", "bytes_not_read", "bytes_saved", "wall_saved", "wall_s", "ratio_used"):
+            row[k] = _mean_std([i[k] for i in items])
+        row["acc_by_seed"] = {i["seed"]: i["acc"] for i in items}
+        rows.append(row)
+    return {"dataset": dataset, "rows": rows}
+
+
+def verdicts(summary: dict[str, Any]) -> list[str]:
+    """The targets, checked: >= 30% visits saved, accuracy within one std of full, better than random."""
+    rows = summary["rows"]
+    full = next((r for r in rows if r["policy"] == "full"), None)
+    if full is None:
+        return []
+    f_mean, f_std = full["acc"]
+    out = []
+    for r in rows:
+        if r["policy"] not in ("infobatch", "swdpp"):
+            continue
+        ratio = r["ratio"]
+        peer_name = MATCHED if r["policy"] == "infobatch" else "random"
+        peer = next((p for p in rows if p["policy"] == peer_name and p["ratio"] == ratio), None)
+        saved = r["visits_saved"][0]
+        within = abs(r["acc"][0] - f_mean) <= f_std
+        seeds = sorted(set(r["acc_by_seed"]) & set(peer["acc_by_seed"])) if peer else []
+        diffs = [r["acc_by_seed"][s] - peer["acc_by_seed"][s] for s in seeds] if peer else []
+        beats = bool(diffs) and float(np.mean(diffs)) > 0
+        ok = saved >= 0.30 and within and beats
+        diff_txt = f"{np.mean(diffs) * 100:+.2f} pt (per seed {', '.join(f'{d * 100:+.1f}' for d in diffs)})" if diffs else "n/a"
+        out.append(
+            f"{summary['dataset']} {r['policy']} r={ratio:g}: visits saved {saved:.1%} "
+            f"({'>=' if saved >= 0.30 else '<'} 30%), acc {r['acc'][0]:.4f} vs full {f_mean:.4f} +- {f_std:.4f} "
+            f"({'within' if within else 'outside'} one std), vs {peer_name} at the same visits: {diff_txt} -> "
+            f"{'MET' if ok else 'MISSED'}"
+        )
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    head = (
+        "| policy | r | seeds | test acc (mean ± std) | visits saved | bytes not read | wall time saved | wall s |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in summary["rows"]:
+        name = r["policy"] if r["policy"] != MATCHED else f"random matched to infobatch (r≈{r['ratio_used'][0]:.2f})"
+        lines.append(
+            f"| {name} | {r['ratio']:g} | {len(r['seeds'])} | {r['acc'][0]:.4f} ± {r['acc'][1]:.4f} | "
+            f"{r['visits_saved'][0]:.1%} | {r['bytes_not_read'][0]:.1%} | {r['wall_saved'][0]:+.1%} ± {r['wall_saved'][1]:.1%} | "
+            f"{r['wall_s'][0]:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    rows = summary["rows"]
+    full = next((r for r in rows if r["policy"] == "full"), None)
+    if full:
+        m, s = full["acc"]
+        ax.axhspan(m - s, m + s, color="0.85", label=f"full ± std ({m:.3f})")
+        ax.axhline(m, color="0.4", lw=1)
+    styles = {"random": "s", MATCHED: "D", "epsilon_greedy": "v", "ucb": "^", "infobatch": "o", "swdpp": "*"}
+    for policy, marker in styles.items():
+        pts = sorted((r["visits_saved"][0], r["acc"][0], r["acc"][1]) for r in rows if r["policy"] == policy)
+        if not pts:
+            continue
+        x, y, e = zip(*pts)
+        label = "random (matched to infobatch visits)" if policy == MATCHED else policy
+        ax.errorbar(np.array(x) * 100, y, yerr=e, marker=marker, capsize=3, lw=1, ms=6, label=label)
+    ax.set_xlabel("sample visits saved vs full (%)")
+    ax.set_ylabel("final test accuracy (mean ± std over seeds)")
+    ax.set_title(f"{summary['dataset']}: accuracy vs visits saved (r = 0.3, 0.5, 0.7)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def calibrate(args: argparse.Namespace, root: Path) -> int:
+    """Grid over (epochs, batch size, lr, ema_beta) on the validation split, for one policy."""
+    out_lines = []
+    for dataset in args.datasets:
+        d = DATASET_DEFAULTS[dataset]
+        ratio = 0.0 if args.cal_policy == "full" else args.cal_ratio
+        specs = [
+            RunSpec(
+                dataset, args.num_samples or DEFAULT_SAMPLES[dataset], args.cal_policy, ratio, seed, e, b, lr, beta,
+                validation=True,
+            )
+            for e, b, lr, beta, seed in itertools.product(
+                args.cal_epochs or [d["epochs"]],
+                args.cal_batch or [d["batch_size"]],
+                args.cal_lr or [d["lr"]],
+                args.cal_beta or [d["ema_beta"]],
+                args.seeds,
+            )
+        ]
+        done = execute(specs, root, args.jobs)
+        table: dict[tuple[int, int, float, float], list[float]] = {}
+        for spec, doc in done.items():
+            key = (spec.epochs, spec.batch_size, spec.lr, spec.ema_beta)
+            table.setdefault(key, []).append(doc["result"]["final_test_acc"])
+        out_lines.append(
+            f"\n{dataset}: validation accuracy (last 10% of train), policy {args.cal_policy} r={ratio:g}, "
+            f"seeds {args.seeds}"
+        )
+        out_lines.append("| epochs | batch | lr | ema_beta | val acc mean ± std |\n|---|---|---|---|---|")
+        ranked = sorted(table.items(), key=lambda kv: -float(np.mean(kv[1])))
+        for (e, b, lr, beta), accs in ranked:
+            m, s = _mean_std(accs)
+            out_lines.append(f"| {e} | {b} | {lr:g} | {beta:g} | {m:.4f} ± {s:.4f} |")
+        (e, b, lr, beta), _ = ranked[0]
+        out_lines.append(f"best on validation: epochs {e}, batch {b}, lr {lr:g}, ema_beta {beta:g}; defaults now: {d}")
+    text = "\n".join(out_lines)
+    print(text)
+    with open(root / "calibration.md", "a") as f:
+        f.write(text + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def floats(text: str) -> list[float]:
+        return [float(t) for t in text.split(",") if t]
+
+    def ints(text: str) -> list[int]:
+        return [int(t) for t in text.split(",") if t]
+
+    ap.add_argument("--datasets", type=lambda t: t.split(","), default=["mnist1d", "digits"], help="comma-separated")
+    ap.add_argument("--num-samples", type=int, default=None, help="mnist1d: generated samples (default 5000: 4000 train)")
+    ap.add_argument("--seeds", type=ints, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--ratios", type=floats, default=[0.3, 0.5, 0.7], help="prune ratios (default 0.3,0.5,0.7)")
+    ap.add_argument(
+        "--policies", type=lambda t: t.split(","), default=list(PRUNING_POLICIES), help="pruning policies (full always runs)"
+    )
+    ap.add_argument("--epochs", type=int, default=None, help="override the per-dataset epochs")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel training processes, at most 2 (default 2)")
+    ap.add_argument("--out", type=Path, default=REPO / ".bench" / "train", help="runs and data (default .bench/train)")
+    ap.add_argument("--plots", type=Path, default=REPO / "benchmarks" / "plots", help="PNG directory")
+    ap.add_argument("--report-only", action="store_true", help="aggregate the saved runs, train nothing")
+    ap.add_argument("--calibrate", action="store_true", help="choose hyper-parameters on the validation split")
+    ap.add_argument("--cal-epochs", type=ints, default=None, help="calibration epochs grid (default: the dataset's)")
+    ap.add_argument("--cal-batch", type=ints, default=None, help="calibration batch grid (default: the dataset's)")
+    ap.add_argument("--cal-lr", type=floats, default=None, help="calibration lr grid (default: the dataset's)")
+    ap.add_argument("--cal-beta", type=floats, default=None, help="calibration store ema_beta grid")
+    ap.add_argument("--cal-policy", default="full", help="policy to calibrate with (default full)")
+    ap.add_argument("--cal-ratio", type=float, default=0.5, help="its prune ratio (default 0.5)")
+    args = ap.parse_args(argv)
+    if not 1 <= args.jobs <= 2:
+        ap.error(f"--jobs {args.jobs}: use 1 or 2 (the machine has 2 cores shared with other work)")
+    unknown = sorted(set(args.datasets) - set(DATASET_DEFAULTS))
+    if unknown:
+        ap.error(f"--datasets {unknown}: expected names from {sorted(DATASET_DEFAULTS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root: Path = args.out
+    root.mkdir(parents=True, exist_ok=True)
+    if args.calibrate:
+        return calibrate(args, root)
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "datasets": {}}
+    for dataset in args.datasets:
+        specs, base = grid(args, dataset)
+        done = load_done(root, specs) if args.report_only else execute(specs, root, args.jobs)
+        matched = matched_specs(base, args, done)
+        done.update(load_done(root, matched) if args.report_only else execute(matched, root, args.jobs))
+        summary = summarize(dataset, base, args, done)
+        summary["config"] = {k: v for k, v in asdict(base).items() if k not in ("policy", "prune_ratio", "seed", "label")}
+        summary["verdicts"] = verdicts(summary)
+        report["datasets"][dataset] = summary
+        png = args.plots / f"train_{dataset}.png"
+        plot(summary, png)
+        print(f"\n## {dataset} ({summary['config']})\n")
+        print(markdown(summary))
+        print()
+        for line in summary["verdicts"]:
+            print("- " + line)
+        print(f"plot: {png.relative_to(REPO) if png.is_relative_to(REPO) else png}")
+    report["machine"] = machine()
+    report["elapsed_s"] = time.perf_counter() - t0
+    digest = hashlib.sha256(json.dumps(report["datasets"], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    report["digest"] = digest
+    (root / "summary.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"\nmachine: {report['machine']}")
+    print(f"elapsed {report['elapsed_s']:.0f} s; summary: {root / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
