@@ -11,6 +11,8 @@ Measured per dataset size N (local directory store, ``chunk_size`` 65536, no flu
   torch batches (uniform random ids, pre-generated) as fast as it can. Per-call wall time on
   the training thread (median, p99), and the sustained rate: samples folded per second from
   the first call until ``wait()`` returns (the background thread has applied everything).
+* ``update()`` during a flush: a full flush runs on another thread (as the flush timer
+  does) while the training thread calls ``update()`` once per millisecond; per-call time.
 * flush: ``full`` with every chunk dirty (N x 17 bytes written as a new generation) and
   ``dirty-only`` with 1% of the chunks dirty.
 * snapshot: ``snapshot(pin=False)`` (copy + BLAKE2b fingerprint of the columns) and
@@ -31,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ from shardprune.scores.snapshot import fresh_columns
 
 FP = "score-store-bench"
 CHUNK = 65536
+#: Seconds between update() calls while a flush runs on another thread (a fast training step).
+PACE_S = 0.001
 
 
 def machine() -> dict[str, str]:
@@ -98,6 +103,28 @@ def bench_store(n: int, calls: int, batch: int, workdir: Path) -> dict[str, Any]
         out["sustained_rate_samples_s"] = calls * batch / (t_applied - t_start)
 
         chunks = -(-n // CHUNK)
+        # What a flush timer does to the training thread: a full flush runs on another
+        # thread while the training loop calls update() once per PACE_S (a fast step).
+        st.apply(np.arange(0, n, CHUNK, dtype=np.int64), np.ones(chunks, dtype=np.float32), 0)
+        flusher = threading.Thread(target=st.flush)
+        lat_flush: list[float] = []
+        t0 = time.perf_counter()
+        flusher.start()
+        i = 0
+        while flusher.is_alive():
+            t_ns = time.perf_counter_ns()
+            st.update(id_batches[i % pool], loss_batches[i % pool], epoch=0)
+            lat_flush.append((time.perf_counter_ns() - t_ns) / 1000.0)
+            i += 1
+            time.sleep(max(0.0, PACE_S - (time.perf_counter_ns() - t_ns) / 1e9))
+        flusher.join()
+        out["flush_concurrent_s"] = time.perf_counter() - t0
+        st.wait()
+        out["update_during_flush_calls"] = len(lat_flush)
+        out["update_during_flush_median_us"] = statistics.median(lat_flush) if lat_flush else float("nan")
+        out["update_during_flush_p99_us"] = percentile(lat_flush, 99) if lat_flush else float("nan")
+        out["update_during_flush_max_us"] = max(lat_flush) if lat_flush else float("nan")
+
         st.apply(np.arange(0, n, CHUNK, dtype=np.int64), np.ones(chunks, dtype=np.float32), 0)
         t0 = time.perf_counter()
         st.flush()
@@ -182,6 +209,12 @@ def main() -> None:
                     f"N={n:,} update(): median {s['update_median_us']:.1f} us, p99 {s['update_p99_us']:.1f} us, "
                     f"max {s['update_max_us']:.0f} us; submit {s['submit_rate_samples_s'] / 1e6:.2f} M samples/s, "
                     f"sustained (applied) {s['sustained_rate_samples_s'] / 1e6:.2f} M samples/s"
+                )
+                print(
+                    f"N={n:,} update() every {PACE_S * 1e3:g} ms during a full flush on another thread "
+                    f"({s['flush_concurrent_s']:.2f} s, {s['update_during_flush_calls']} calls): median "
+                    f"{s['update_during_flush_median_us']:.1f} us, p99 {s['update_during_flush_p99_us']:.1f} us, "
+                    f"max {s['update_during_flush_max_us']:.0f} us"
                 )
                 print(
                     f"N={n:,} flush full ({s['flush_full_chunks']} chunks) {s['flush_full_s']:.3f} s, dirty-only "

@@ -2,6 +2,7 @@
 """Training benchmark: does pruning inside the loader keep accuracy for fewer visits and bytes?
 
     python benchmarks/train_bench.py --jobs 2                      # the grid below, both datasets
+    python benchmarks/train_bench.py --quick                        # smoke run: tiny data, 4 epochs, 1 seed
     python benchmarks/train_bench.py --datasets mnist1d --seeds 0  # a smaller grid
     python benchmarks/train_bench.py --calibrate --datasets mnist1d # choose lr/batch/epochs on validation
     python benchmarks/train_bench.py --report-only                  # re-aggregate saved runs
@@ -262,14 +263,19 @@ def summarize(dataset: str, base: RunSpec, args: argparse.Namespace, done: dict[
                 "visits_saved": 1 - r["visits"] / full["visits"],
                 "bytes_not_read": r["bytes_not_read"] / max(r["bytes_read"] + r["bytes_not_read"], 1),
                 "bytes_saved": 1 - r["bytes_read"] / full["bytes_read"],
+                "bytes_not_read_mib": r["bytes_not_read"] / 2**20,
                 "wall_saved": 1 - r["wall_s"] / full["wall_s"],
                 "wall_s": r["wall_s"],
+                "cpu_saved": 1 - r["cpu_s"] / full["cpu_s"],
             }
         )
     rows = []
     for (policy, ratio), items in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] != "full", kv[0][0])):
         row: dict[str, Any] = {"policy": policy, "ratio": ratio, "seeds": sorted(i["seed"] for i in items)}
-        for k in ("acc", "visits_saved", "bytes_not_read", "bytes_saved", "wall_saved", "wall_s", "ratio_used"):
+        for k in (
+            "acc", "visits_saved", "bytes_not_read", "bytes_not_read_mib", "bytes_saved", "wall_saved", "wall_s",
+            "cpu_saved", "ratio_used",
+        ):
             row[k] = _mean_std([i[k] for i in items])
         row["acc_by_seed"] = {i["seed"]: i["acc"] for i in items}
         rows.append(row)
@@ -308,15 +314,17 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
 
 def markdown(summary: dict[str, Any]) -> str:
     head = (
-        "| policy | r | seeds | test acc (mean ± std) | visits saved | bytes not read | wall time saved | wall s |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| policy | r | seeds | test acc (mean ± std) | visits saved | bytes not read | wall time saved | "
+        "CPU time saved | wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in summary["rows"]:
         name = r["policy"] if r["policy"] != MATCHED else f"random matched to infobatch (r≈{r['ratio_used'][0]:.2f})"
         lines.append(
             f"| {name} | {r['ratio']:g} | {len(r['seeds'])} | {r['acc'][0]:.4f} ± {r['acc'][1]:.4f} | "
-            f"{r['visits_saved'][0]:.1%} | {r['bytes_not_read'][0]:.1%} | {r['wall_saved'][0]:+.1%} ± {r['wall_saved'][1]:.1%} | "
+            f"{r['visits_saved'][0]:.1%} | {r['bytes_not_read'][0]:.1%} ({r['bytes_not_read_mib'][0]:.1f} MiB) | "
+            f"{r['wall_saved'][0]:+.1%} ± {r['wall_saved'][1]:.1%} | {r['cpu_saved'][0]:+.1%} ± {r['cpu_saved'][1]:.1%} | "
             f"{r['wall_s'][0]:.1f} |"
         )
     return "\n".join(lines)
@@ -345,13 +353,24 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.errorbar(np.array(x) * 100, y, yerr=e, marker=marker, capsize=3, lw=1, ms=6, label=label)
     ax.set_xlabel("sample visits saved vs full (%)")
     ax.set_ylabel("final test accuracy (mean ± std over seeds)")
-    ax.set_title(f"{summary['dataset']}: accuracy vs visits saved (r = 0.3, 0.5, 0.7)")
+    ratios = ", ".join(f"{r:g}" for r in sorted({r["ratio"] for r in rows if r["policy"] != "full"}))
+    ax.set_title(f"{summary['dataset']}: accuracy vs visits saved (r = {ratios})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """Every dataset's table and verdicts, as Markdown (written to ``<out>/summary.md``)."""
+    parts = [f"command: `{report['command']}`", ""]
+    for dataset, summary in report["datasets"].items():
+        parts += [f"### {dataset}", "", f"config: {summary['config']}", "", markdown(summary), ""]
+        parts += [f"- {line}" for line in summary["verdicts"]] + [""]
+    parts.append(f"machine: {report['machine']}; elapsed {report['elapsed_s']:.0f} s")
+    return "\n".join(parts) + "\n"
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -423,6 +442,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=REPO / ".bench" / "train", help="runs and data (default .bench/train)")
     ap.add_argument("--plots", type=Path, default=REPO / "benchmarks" / "plots", help="PNG directory")
     ap.add_argument("--report-only", action="store_true", help="aggregate the saved runs, train nothing")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 400 samples, 4 epochs, seed 0, r=0.5, under <out>-quick (numbers mean nothing)",
+    )
     ap.add_argument("--calibrate", action="store_true", help="choose hyper-parameters on the validation split")
     ap.add_argument("--cal-epochs", type=ints, default=None, help="calibration epochs grid (default: the dataset's)")
     ap.add_argument("--cal-batch", type=ints, default=None, help="calibration batch grid (default: the dataset's)")
@@ -431,6 +455,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cal-policy", default="full", help="policy to calibrate with (default full)")
     ap.add_argument("--cal-ratio", type=float, default=0.5, help="its prune ratio (default 0.5)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.num_samples, args.epochs, args.seeds, args.ratios = 400, 4, [0], [0.5]
+        args.out = args.out.with_name(args.out.name + "-quick")
+        args.plots = args.out / "plots"
     if not 1 <= args.jobs <= 2:
         ap.error(f"--jobs {args.jobs}: use 1 or 2 (the machine has 2 cores shared with other work)")
     unknown = sorted(set(args.datasets) - set(DATASET_DEFAULTS))
@@ -469,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     digest = hashlib.sha256(json.dumps(report["datasets"], sort_keys=True, default=str).encode()).hexdigest()[:12]
     report["digest"] = digest
     (root / "summary.json").write_text(json.dumps(report, indent=1, default=str))
+    (root / "summary.md").write_text(summary_markdown(report))
     print(f"\nmachine: {report['machine']}")
     print(f"elapsed {report['elapsed_s']:.0f} s; summary: {root / 'summary.json'}")
     return 0

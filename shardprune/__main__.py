@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"loader worker processes (default {defaults.num_workers}: read in the training process)",
     )
     demo.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the models are small, and one thread keeps wall times "
+        "steady on a busy machine)",
+    )
+    demo.add_argument(
         "--out", default="shardprune-demo", help="output directory: shards, scores, results (default shardprune-demo)"
     )
     demo.add_argument(

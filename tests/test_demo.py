@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_result(policy: str, ratio: float, accs: list[float], visits: list[int], nbytes: list[int], wall: list[float]) -> RunResult:
     epochs = [
-        EpochRecord(epoch=i, visits=v, bytes_read=b, bytes_not_read=0, wall_s=w, train_loss=1.0, test_acc=a)
+        EpochRecord(epoch=i, visits=v, bytes_read=b, bytes_not_read=0, wall_s=w, train_loss=1.0, test_acc=a, cpu_s=w / 2)
         for i, (a, v, b, w) in enumerate(zip(accs, visits, nbytes, wall))
     ]
     return RunResult("mnist1d", policy, ratio, 0, epochs)
@@ -39,7 +39,7 @@ def test_help_lists_every_option() -> None:
         [sys.executable, "-m", "shardprune", "demo", "--help"], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    for option in ("--dataset", "--num-samples", "--epochs", "--prune-ratio", "--seed", "--out", "--policies"):
+    for option in ("--dataset", "--num-samples", "--epochs", "--prune-ratio", "--seed", "--out", "--policies", "--threads"):
         assert option in proc.stdout
 
 
@@ -59,6 +59,7 @@ def test_help_lists_every_option() -> None:
         (["--batch-size", "0"], "batch_size=0"),
         (["--seed", "-3"], "seed=-3"),
         (["--num-workers", "-1"], "num_workers=-1"),
+        (["--threads", "0"], "--threads 0"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
@@ -94,6 +95,7 @@ def test_table_fractions_are_relative_to_full() -> None:
     assert rows[1].visits == 150 and rows[1].visits_frac == pytest.approx(0.75)
     assert rows[1].bytes_frac == pytest.approx(0.75)
     assert rows[1].wall_frac == pytest.approx(0.75)
+    assert rows[1].cpu_s == pytest.approx(0.75) and rows[1].cpu_frac == pytest.approx(0.75)
     text = format_table(rows)
     lines = text.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| policy")
@@ -178,7 +180,7 @@ def test_validation_split_is_carved_from_train(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- real runs through the loader
 
-TINY = ["--num-samples", "400", "--epochs", "4", "--batch-size", "32", "--no-progress"]
+TINY = ["--num-samples", "400", "--epochs", "4", "--batch-size", "32", "--no-progress", "--threads", "1"]
 
 
 def test_tiny_demo_writes_table_plot_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,6 +193,7 @@ def test_tiny_demo_writes_table_plot_and_json(tmp_path: Path, capsys: pytest.Cap
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
     rows = {r["policy"]: r for r in doc["rows"]}
     assert list(rows) == ["full", "random", "infobatch", "swdpp"]
+    assert doc["machine"]["torch_threads"] == 1 and "1 torch thread(s)" in printed
     n_train = doc["train_samples"]
     assert n_train == 320 and doc["test_samples"] == 80
     full = rows["full"]
@@ -201,6 +204,7 @@ def test_tiny_demo_writes_table_plot_and_json(tmp_path: Path, capsys: pytest.Cap
         assert row["visits_frac"] == pytest.approx(row["visits"] / full["visits"])
         assert row["bytes_frac"] == pytest.approx(row["bytes_read"] / full["bytes_read"])
         assert row["acc_frac"] == pytest.approx(row["test_acc"] / full["test_acc"])
+        assert row["cpu_s"] > 0 and row["cpu_frac"] == pytest.approx(row["cpu_s"] / full["cpu_s"])
         if name != "full":
             # Epoch 0 reads every sample (all unseen, so all kept); later epochs prune.
             assert row["visits"] < full["visits"] and row["bytes_read"] < full["bytes_read"]
@@ -230,3 +234,16 @@ def test_one_policy_run_is_deterministic(tmp_path: Path) -> None:
     other = train_policy(data, "swdpp", TrainConfig(**{**cfg.__dict__, "seed": 8}), tmp_path / "c", test=test, progress=False)
     assert [e.train_loss for e in other.epochs] != [e.train_loss for e in first.epochs]
     assert not math.isnan(first.final_test_acc)
+
+
+def test_digits_demo_runs_every_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # digits are uint8 pixels: SwDPP's Mixup needs the trainer's float transform to blend them.
+    out = tmp_path / "digits"
+    argv = ["demo", "--dataset", "digits", "--num-samples", "200", "--epochs", "3", "--no-progress", "--no-plot"]
+    assert main([*argv, "--out", str(out), "--policies", "full,random,epsilon_greedy,ucb,infobatch,swdpp"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    runs = {r["policy"]: r for r in doc["runs"]}
+    assert list(runs) == ["full", "random", "epsilon_greedy", "ucb", "infobatch", "swdpp"]
+    assert runs["swdpp"]["mixed_samples"] > 0
+    assert not (out / "demo.png").exists()
+    assert "swdpp" in capsys.readouterr().out

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shardprune.errors import SourceError
 from shardprune.format.tarsample import parse_sample
-from shardprune.format.tarwriter import TarShardWriter, member_header, padded_size, sample_key
+from shardprune.format.tarwriter import TarShardWriter, _tarfile_header, member_header, padded_size, sample_key
 
 SAMPLES = [
     {"jpg": b"\xff\xd8\xff" + bytes(range(200)) * 3, "cls": b"3"},
@@ -80,3 +82,27 @@ def test_keys_without_dots_are_enforced(tmp_path: Path) -> None:
 def test_header_is_one_ustar_block() -> None:
     assert len(member_header("0000000001.jpg", 10)) == 512
     assert sample_key(42) == "0000000042"
+
+
+_NAME_CHARS = "abcxyz0123456789._-/"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(_NAME_CHARS, min_size=1, max_size=100) | st.text(min_size=1, max_size=40),
+    st.sampled_from([0, 1, 511, 512, 513, 8**11 - 1]) | st.integers(0, 8**11 - 1),
+)
+def test_fast_header_is_byte_identical_to_tarfile(name: str, size: int) -> None:
+    """The template-built header equals tarfile's for ASCII names and the fallback for the rest."""
+    try:
+        want = _tarfile_header(name, size)
+    except (ValueError, UnicodeEncodeError):
+        return  # a name tarfile cannot store (surrogates, or too long to split): not ours to make
+    assert member_header(name, size) == want
+
+
+def test_member_size_limit() -> None:
+    with pytest.raises(SourceError, match=r"outside 0\.\.8589934591"):
+        member_header("0000000001.bin", 8**11)
+    with pytest.raises(SourceError, match="outside"):
+        member_header("0000000001.bin", -1)

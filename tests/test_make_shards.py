@@ -21,7 +21,9 @@ from PIL import Image
 
 from shardprune.convert import convert, convert_builtin, make_source
 from shardprune.dataset import ShardedDataset
-from shardprune.errors import ConfigError, SourceError
+from shardprune.errors import ConfigError, CorruptSampleError, SourceError
+from shardprune.format.header import HEADER_NAME
+from shardprune.format.writer import STAGING_NAME, DatasetWriter
 from shardprune.sources.safepickle import safe_loads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +71,39 @@ def test_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
         make_shards.main([command, "--help"])
     assert info.value.code == 0
     assert "usage: make_shards.py " + command in capsys.readouterr().out
+
+
+def test_top_level_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        make_shards.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in COMMANDS)
+    for argv, match in [
+        ([], "the following arguments are required: COMMAND"),
+        (["zip"], "invalid choice: 'zip'"),
+        (["digits"], "required: -o/--output"),
+        (["digits", "-o", "x", "--max-bytes", "lots"], "'lots' is not a size"),
+        (["digits", "-o", "x", "--workers", "two"], "invalid int value: 'two'"),
+        (["arrays", "a.npz", "-o", "x", "--format", "parquet"], "invalid choice: 'parquet'"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            make_shards.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and match in err and "--help" in err, err
+
+
+@pytest.mark.parametrize("script", ["make_shards_bench.py", "score_store_bench.py"])
+def test_benchmark_help(script: str) -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("text,size", [("4096", 4096), ("64M", 64 * 2**20), ("1.5G", 3 * 2**29), ("256MB", 2**28), ("2KiB", 2048)])
+def test_byte_size(text: str, size: int) -> None:
+    assert make_shards.byte_size(text) == size
 
 
 # -- source kinds and round trips -------------------------------------------------------
@@ -121,11 +156,18 @@ def test_arrays_npz_and_npy(tmp_path: Path, shard_format: str, capsys: pytest.Ca
         code, _, err = _cli(capsys, "arrays", *args, "-o", str(out), "--format", shard_format, "--max-samples", "8", *extra)
         assert code == 0, err
         ds = ShardedDataset(out)
+        assert [s.samples for s in ds.header.shards] == [8, 8, 8, 1]
         for i in range(25):
             s = ds.read_sample(i)
             got = s["x"] if shard_format == "zarr" else np.load(io.BytesIO(s["npy"]), allow_pickle=False)
             np.testing.assert_array_equal(got, x[i])
             assert s["label"] == y[i]
+        if shard_format == "tar":
+            shards = [str(out / s.path) for s in ds.header.shards]
+            got_wds = list(wds.WebDataset(shards, shardshuffle=False))
+            assert [int(s["cls"]) for s in got_wds] == y.tolist()
+            for i, s in enumerate(got_wds):
+                np.testing.assert_array_equal(np.load(io.BytesIO(s["npy"]), allow_pickle=False), x[i])
 
 
 def _cifar_dir(root: Path, variant: str, protocol: int, n: int = 6) -> dict[str, tuple[np.ndarray, list[int]]]:
@@ -166,8 +208,18 @@ def test_cifar(tmp_path: Path, variant: str, protocol: int, shard_format: str, c
         img = s["x"] if shard_format == "zarr" else np.asarray(Image.open(io.BytesIO(s["png"])))
         np.testing.assert_array_equal(img, x[i])
         assert s["label"] == y[i]
+    if shard_format == "tar":
+        shards = [str(tmp_path / "out" / s.path) for s in ds.header.shards]
+        decoded = list(wds.WebDataset(shards, shardshuffle=False).decode("rgb8"))
+        assert [int(s["cls"]) for s in decoded] == y
+        for i, s in enumerate(decoded):
+            np.testing.assert_array_equal(s["png"], x[i])
     test = convert("cifar", tmp_path / "test", root=tmp_path / "c", split="test", tar_encoding="npy")
     assert test.num_samples == 6
+    np.testing.assert_array_equal(
+        np.load(io.BytesIO(ShardedDataset(tmp_path / "test").read_sample(5)["npy"])),
+        batches["test_batch" if variant == "cifar10" else "test"][0][5].reshape(3, 32, 32).transpose(1, 2, 0),
+    )
 
 
 def test_safe_pickle_refuses_code(tmp_path: Path) -> None:
@@ -207,13 +259,16 @@ def test_digits(tmp_path: Path, shard_format: str) -> None:
     train = convert_builtin("digits", tmp_path / "tr", split="train", shard_format=shard_format)
     test = convert_builtin("digits", tmp_path / "te", split="test", shard_format=shard_format)
     assert (train.num_samples, test.num_samples) == (1438, 359)
-    ds = ShardedDataset(tmp_path / "te")
-    s = ds.read_sample(0)
     digits = load_digits()
-    want = digits.images[4].astype(np.uint8)
-    got = s["x"] if shard_format == "zarr" else np.load(io.BytesIO(s["npy"]))
-    np.testing.assert_array_equal(got, want)
-    assert s["label"] == digits.target[4]
+    is_test = np.arange(len(digits.target)) % 5 == 4
+    for out, rows in (("tr", np.flatnonzero(~is_test)), ("te", np.flatnonzero(is_test))):
+        ds = ShardedDataset(tmp_path / out)
+        assert len(ds) == len(rows)
+        for i, row in enumerate(rows):
+            s = ds.read_sample(i)
+            got = s["x"] if shard_format == "zarr" else np.load(io.BytesIO(s["npy"]))
+            np.testing.assert_array_equal(got, digits.images[row].astype(np.uint8))
+            assert s["label"] == digits.target[row]
 
 
 def test_mnist1d_splits_match_generator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -228,9 +283,11 @@ def test_mnist1d_splits_match_generator(tmp_path: Path, capsys: pytest.CaptureFi
     for split, suffix in (("train", ""), ("test", "_test")):
         ds = ShardedDataset(tmp_path / split)
         assert len(ds) == len(ref["y" + suffix])
-        for i in (0, len(ds) - 1):
-            np.testing.assert_allclose(ds.read_sample(i)["x"], ref["x" + suffix][i].astype(np.float32))
-            assert ds.read_sample(i)["label"] == ref["y" + suffix][i]
+        assert ds.header.num_classes == 10
+        for i in range(len(ds)):
+            s = ds.read_sample(i)
+            np.testing.assert_array_equal(s["x"], ref["x" + suffix][i].astype(np.float32))
+            assert s["label"] == ref["y" + suffix][i]
 
 
 def test_index_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,12 +299,61 @@ def test_index_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert ShardedDataset(tmp_path).read_sample(3)["label"] == 1
 
 
+def test_index_shardwriter_tars(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tars written by webdataset.ShardWriter: indexed in place, read back by range, CRC-checked."""
+    rng = np.random.default_rng(9)
+    samples: list[dict[str, Any]] = [
+        {"__key__": f"img-{i:04d}", "jpg": _image(500 + i), "cls": int(rng.integers(0, 4)), "txt": f"caption {i}"}
+        for i in range(23)
+    ]
+    with wds.ShardWriter(str(tmp_path / "train-%03d.tar"), maxcount=7, verbose=0) as sink:
+        for s in samples:
+            sink.write(s)
+    before = _digest(tmp_path)
+    code, out, err = _cli(capsys, "index", str(tmp_path))
+    assert code == 0 and "23 samples in 4 tar shards" in out, err
+    ds = ShardedDataset(tmp_path)
+    assert [s.path for s in ds.header.shards] == [f"train-{i:03d}.tar" for i in range(4)]
+    assert ds.header.num_classes == max(s["cls"] for s in samples) + 1
+    for i, want in enumerate(samples):
+        got = ds.read_sample(i)
+        assert got["__key__"] == want["__key__"] and got["label"] == want["cls"]
+        assert got["jpg"] == want["jpg"] and got["txt"] == want["txt"].encode()
+    after = _digest(tmp_path)
+    assert {k: after[k] for k in before} == before  # the tars are untouched
+    assert sorted(set(after) - set(before)) == ["manifest.arrow", "shardprune.json"]
+    # Re-indexing the same tars is a no-op; WebDataset still reads them as before.
+    assert _cli(capsys, "index", str(tmp_path))[0] == 0 and _digest(tmp_path) == after
+    assert [s["__key__"] for s in wds.WebDataset(str(tmp_path / "train-{000..003}.tar"), shardshuffle=False)] == [
+        s["__key__"] for s in samples
+    ]
+    victim = 9
+    shard = tmp_path / ds.header.shards[int(ds.manifest.shard[victim])].path
+    offset = int(ds.manifest.offset[victim])
+    data = bytearray(shard.read_bytes())
+    data[offset + 700] ^= 0x01  # inside the sample's first member's data
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptSampleError) as info:
+        ShardedDataset(tmp_path).read_sample(victim)
+    assert f"{shard.name} sample id {victim} at offset {offset}" in str(info.value)
+
+
 # -- bad input: one line, exit 1, nothing that looks complete ----------------------------
 def _fails(capsys: pytest.CaptureFixture[str], match: str, *argv: str) -> None:
+    out = Path(argv[argv.index("-o") + 1]) if "-o" in argv else None
+    header = out / HEADER_NAME if out is not None else None
+    had_header = header is not None and header.exists()
+    before = _digest(out) if out is not None and out.is_dir() else {}
     code, _, err = _cli(capsys, *argv)
     assert code == 1
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert match in err, err
+    if out is not None:
+        # Nothing that looks complete: no new header, no staging leftovers, an old dataset untouched.
+        assert header is not None and header.exists() == had_header
+        assert not (out / STAGING_NAME).exists()
+        if had_header:
+            assert _digest(out) == before
 
 
 def test_bad_imagefolder_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,6 +368,26 @@ def test_bad_imagefolder_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[st
     _fails(capsys, "cannot read", "imagefolder", str(tmp_path / "in"), "-o", out)
     (tmp_path / "in" / "cat" / "broken.jpg").unlink()
     _fails(capsys, "workers=0 is outside 1..256", "imagefolder", str(tmp_path / "in"), "-o", out, "--workers", "0")
+
+
+def test_bad_input_found_by_a_worker_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _imagefolder(tmp_path / "in", per_class=6)
+    (tmp_path / "in" / "cat" / "99.jpg").write_bytes(b"GIF8 is not enough")
+    args = ["imagefolder", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--max-samples", "2"]
+    _fails(capsys, "99.jpg' is not an image", *args, "--workers", "2")
+    assert not (tmp_path / "out" / "shards").exists()
+    (tmp_path / "in" / "cat" / "99.jpg").unlink()
+    assert _cli(capsys, *args, "--workers", "2")[0] == 0
+    assert len(ShardedDataset(tmp_path / "out")) == 18
+
+
+def test_file_removed_after_listing(tmp_path: Path) -> None:
+    _imagefolder(tmp_path / "in", per_class=2)
+    source = make_source("imagefolder", root=tmp_path / "in")
+    (tmp_path / "in" / "bee" / "01.png").unlink()
+    with pytest.raises(SourceError, match=r"cannot read .*bee/01\.png.*No such file"):
+        DatasetWriter(tmp_path / "out").write(source)
+    assert not (tmp_path / "out" / HEADER_NAME).exists()
 
 
 def test_zarr_needs_arrays(tmp_path: Path) -> None:
@@ -293,6 +419,11 @@ def test_bad_parquet_and_cifar(tmp_path: Path, capsys: pytest.CaptureFixture[str
     pq.write_table(pa.table({"image": [b"plain text"], "label": [0]}), tmp_path / "t.parquet")
     _fails(capsys, "has no column 'img'", "parquet", str(tmp_path / "t.parquet"), "-o", out, "--image-column", "img")
     _fails(capsys, "row 0: column 'image' is not an image", "parquet", str(tmp_path / "t.parquet"), "-o", out)
+    _fails(capsys, "does not exist", "parquet", str(tmp_path / "none.parquet"), "-o", out)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 but not really")
+    _fails(capsys, "not a readable Parquet file", "parquet", str(tmp_path / "bad.parquet"), "-o", out)
+    pq.write_table(pa.table({"image": [_image(1), _image(2)], "label": [0, 7]}), tmp_path / "r.parquet")
+    _fails(capsys, "label 7 is out of range 0..4", "parquet", str(tmp_path / "r.parquet"), "-o", out, "--num-classes", "5")
     (tmp_path / "c").mkdir()
     _fails(capsys, "neither batches.meta", "cifar", str(tmp_path / "c"), "-o", out)
     (tmp_path / "c" / "batches.meta").write_bytes(b"\x80\x02garbage")

@@ -281,6 +281,30 @@ def test_forked_child_cannot_use_the_parent_store(tmp_path: Path) -> None:
         assert st.snapshot().visits[1] == 1
 
 
+def _visits_in_child(snap: ScoreSnapshot, out: Any) -> None:
+    out.put(int(snap.visits.sum()))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_spawned_workers_never_get_the_live_store(tmp_path: Path, method: str) -> None:
+    """Starting a spawn/forkserver process with the store fails in the parent; a snapshot travels."""
+    ctx = mp.get_context(method)
+    with open_store(tmp_path / "s") as st:
+        st.update([1, 2, 3], [1.0, 2.0, 3.0], epoch=0)
+        q = ctx.Queue()
+        child = ctx.Process(target=_use_in_child, args=(st, q))
+        with pytest.raises(ScoreStoreError, match=r"cannot be pickled.*snapshot\(\)"):
+            child.start()
+        snap = st.snapshot()
+        child = ctx.Process(target=_visits_in_child, args=(snap, q))
+        child.start()
+        assert q.get(timeout=60) == 3
+        child.join(30)
+        assert child.exitcode == 0
+        st.update([4], [1.0], epoch=0)  # the parent's store still works
+        assert st.snapshot().visits[4] == 1
+
+
 def _train_steps(st: ScoreStore, epoch: int, ids: np.ndarray, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for chunk in np.array_split(ids, max(1, len(ids) // 64)):

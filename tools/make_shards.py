@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from shardprune.convert import make_source
 from shardprune.errors import ShardpruneError
@@ -38,6 +38,13 @@ def byte_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 4096, 64M or 1G")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (the reason, then where to look)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def _add_writer_options(p: argparse.ArgumentParser, *, arrays: bool) -> None:
@@ -67,10 +74,8 @@ def _add_writer_options(p: argparse.ArgumentParser, *, arrays: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="make_shards.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="make_shards.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("imagefolder", help="class sub-folders of images (bytes kept as they are)")
     p.add_argument("root", help="folder holding one sub-folder per class")

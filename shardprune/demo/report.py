@@ -1,4 +1,4 @@
-"""The demo's table: accuracy, sample visits, bytes read and wall time, each also as a fraction of full."""
+"""The demo's table: accuracy, sample visits, bytes read, wall and CPU time, each also as a fraction of full."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ class Row:
     visits: int
     bytes_read: int
     wall_s: float
+    cpu_s: float
     acc_frac: float
     visits_frac: float
     bytes_frac: float
     wall_frac: float
+    cpu_frac: float
 
 
 def _ratio(a: float, b: float) -> float:
@@ -46,10 +48,12 @@ def table_rows(results: Sequence[RunResult]) -> list[Row]:
             visits=r.visits,
             bytes_read=r.bytes_read,
             wall_s=r.wall_s,
+            cpu_s=r.cpu_s,
             acc_frac=_ratio(r.final_test_acc, full.final_test_acc),
             visits_frac=_ratio(r.visits, full.visits),
             bytes_frac=_ratio(r.bytes_read, full.bytes_read),
             wall_frac=_ratio(r.wall_s, full.wall_s),
+            cpu_frac=_ratio(r.cpu_s, full.cpu_s),
         )
         for r in results
     ]
@@ -63,7 +67,9 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-HEADER = ("policy", "r", "test acc", "x full", "visits", "x full", "bytes read", "x full", "wall s", "x full")
+HEADER = (
+    "policy", "r", "test acc", "x full", "visits", "x full", "bytes read", "x full", "wall s", "x full", "cpu s", "x full",
+)
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -80,6 +86,8 @@ def format_table(rows: Sequence[Row]) -> str:
             f"{row.bytes_frac:.3f}",
             f"{row.wall_s:.1f}",
             f"{row.wall_frac:.3f}",
+            f"{row.cpu_s:.1f}",
+            f"{row.cpu_frac:.3f}",
         )
         for row in rows
     ]

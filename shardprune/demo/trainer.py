@@ -94,7 +94,12 @@ class TrainConfig:
 
 @dataclass
 class EpochRecord:
-    """One epoch of one run. Byte counts are the loader's; ``wall_s`` excludes evaluation."""
+    """One epoch of one run. Byte counts are the loader's; ``wall_s`` and ``cpu_s`` exclude evaluation.
+
+    ``cpu_s`` is the training process's CPU time (all its threads; loader worker processes
+    not included) over the epoch: on a shared machine it moves far less than wall time when
+    other processes compete for the cores.
+    """
 
     epoch: int
     visits: int
@@ -103,6 +108,7 @@ class EpochRecord:
     wall_s: float
     train_loss: float
     test_acc: float
+    cpu_s: float = float("nan")
 
 
 @dataclass
@@ -113,6 +119,7 @@ class RunResult:
         visits: Samples the loader yielded, summed over epochs.
         bytes_read / bytes_not_read: Sample bytes fetched / skipped by the plan, summed.
         wall_s: Training time (loader + forward/backward), evaluation excluded.
+        cpu_s: CPU time of the training process over the same spans.
         histogram: ``{"epoch", "keep_prob", "score"}`` of :attr:`TrainConfig.hist_epoch`
             for policies in :data:`HISTOGRAM_POLICIES`, else None.
     """
@@ -145,6 +152,10 @@ class RunResult:
     def wall_s(self) -> float:
         return sum(e.wall_s for e in self.epochs)
 
+    @property
+    def cpu_s(self) -> float:
+        return sum(e.cpu_s for e in self.epochs)
+
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "RunResult":
         """Inverse of :meth:`to_json` (the histogram is not stored there)."""
@@ -166,8 +177,24 @@ class RunResult:
             bytes_read=self.bytes_read,
             bytes_not_read=self.bytes_not_read,
             wall_s=self.wall_s,
+            cpu_s=self.cpu_s,
         )
         return doc
+
+
+@dataclass(frozen=True)
+class InputToFloat:
+    """Loader transform: the input field as float32, so SwDPP's Mixup can blend it.
+
+    Digits arrive as uint8 pixels, which Mixup cannot blend; a module-level class (not a
+    lambda) so the transform pickles into loader worker processes.
+    """
+
+    field: str
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        sample[self.field] = np.asarray(sample[self.field], dtype=np.float32)
+        return sample
 
 
 def lr_at(cfg: TrainConfig, progress: float) -> float:
@@ -278,6 +305,7 @@ def train_policy(
         seed=cfg.seed,
         num_workers=cfg.num_workers,
         drop_last=False,
+        transform=InputToFloat(data.field),
     )
     result = RunResult(data.name, policy_name, ratio, cfg.seed)
     test_x, test_y = test
@@ -293,6 +321,7 @@ def train_policy(
     try:
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
+            c0 = time.process_time()
             loader.set_epoch(epoch)
             store.set_epoch(epoch)
             steps = max(len(loader), 1)
@@ -315,6 +344,7 @@ def train_policy(
                 if isinstance(mixed, torch.Tensor):
                     result.mixed_samples += int(mixed.sum())
             wall = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             stats = loader.epoch_stats
             if policy_name in HISTOGRAM_POLICIES and epoch == cfg.hist_epoch:
                 result.histogram = _epoch_histogram(loader, policy, epoch)
@@ -326,6 +356,7 @@ def train_policy(
                     bytes_read=stats.bytes_read,
                     bytes_not_read=stats.bytes_not_read,
                     wall_s=wall,
+                    cpu_s=cpu,
                     train_loss=loss_sum / max(visits, 1),
                     test_acc=acc,
                 )

@@ -28,8 +28,7 @@ def sample_key(sample_id: int) -> str:
     return f"{sample_id:0{KEY_WIDTH}d}"
 
 
-def member_header(name: str, size: int) -> bytes:
-    """A deterministic ustar header block for a regular file member."""
+def _tarfile_header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -38,6 +37,54 @@ def member_header(name: str, size: int) -> bytes:
     info.uname = info.gname = ""
     info.type = tarfile.REGTYPE
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+# ustar field positions (POSIX.1-1988): name[0:100], size[124:136], chksum[148:156].
+_NAME_LEN = 100
+_SIZE = slice(124, 136)
+_CHKSUM = slice(148, 156)
+#: Largest size the 11 octal digits of the size field hold.
+_MAX_SIZE = 8**11 - 1
+
+
+def _template() -> tuple[bytes, int]:
+    """tarfile's header for our metadata with name and size blanked, and its checksum base.
+
+    The checksum is the byte sum of the header with the checksum field read as eight
+    spaces, so a header's checksum is the base plus the bytes of its name and size.
+    """
+    buf = bytearray(_tarfile_header("x", 0))
+    buf[0:_NAME_LEN] = bytes(_NAME_LEN)
+    buf[_SIZE] = bytes(12)
+    buf[_CHKSUM] = b" " * 8
+    return bytes(buf), sum(buf)
+
+
+_TEMPLATE, _CHKSUM_BASE = _template()
+
+
+def member_header(name: str, size: int) -> bytes:
+    """A deterministic ustar header block for a regular file member.
+
+    Byte-identical to ``tarfile``'s (mtime 0, uid/gid 0, empty user and group names,
+    mode 0o644), built from a template because ``TarInfo.tobuf`` costs about 20 us a
+    member, a fifth of the single-process conversion time of an ImageNet-like folder.
+    Names over 100 bytes or not ASCII go through tarfile.
+
+    Raises:
+        SourceError: ``size`` is outside what a ustar member holds (0..8 GiB - 1).
+    """
+    if not 0 <= size <= _MAX_SIZE:
+        raise SourceError(f"tar member {name!r} has {size} bytes, outside 0..{_MAX_SIZE} (ustar's limit)")
+    if not (len(name) <= _NAME_LEN and name.isascii()):
+        return _tarfile_header(name, size)
+    raw = name.encode("ascii")
+    size_field = b"%011o\0" % size
+    buf = bytearray(_TEMPLATE)
+    buf[0 : len(raw)] = raw
+    buf[_SIZE] = size_field
+    buf[_CHKSUM] = b"%06o\0 " % (_CHKSUM_BASE + sum(raw) + sum(size_field))
+    return bytes(buf)
 
 
 def padded_size(size: int) -> int:

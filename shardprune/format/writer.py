@@ -17,7 +17,7 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -80,6 +80,25 @@ class ShardResult:
     exts: frozenset[str]
 
 
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_and_rename(tmp: str, final: str) -> None:
+    """Make a written shard (a file, or a zarr group directory) durable, then give it its final name."""
+    if os.path.isdir(tmp):
+        for dirpath, _, filenames in os.walk(tmp):
+            for name in filenames:
+                _fsync(os.path.join(dirpath, name))
+    else:
+        _fsync(tmp)
+    os.replace(tmp, final)
+
+
 def write_shard(
     source: Source,
     index: int,
@@ -89,18 +108,27 @@ def write_shard(
     compression: str,
     root: str,
     progress: Progress | None = None,
+    finish: Callable[[str, str], None] = _sync_and_rename,
 ) -> ShardResult:
-    """Write samples ``start..stop-1`` as shard ``index`` below the local directory ``root``."""
+    """Write samples ``start..stop-1`` as shard ``index`` below the local directory ``root``.
+
+    A shard is written under a temporary name and handed to ``finish(tmp, final)``,
+    which by default fsyncs and renames it; the single-process writer passes one that
+    does this on a background thread, so the disk flushes one shard while the next is
+    being written.
+    """
     os.makedirs(os.path.join(root, SHARDS_DIR), exist_ok=True)
     if shard_format == "zarr":
         if not isinstance(source, ArraySource):
             raise ConfigError("zarr shards need an array source")
-        shard = write_zarr_shard(
-            root, f"{SHARDS_DIR}/{index:06d}.zarr", source.name, source.array_range(start, stop), compression
-        )
+        group = f"{SHARDS_DIR}/{index:06d}.zarr"
+        tmp_group = f"{SHARDS_DIR}/.tmp-{index:06d}.zarr"
+        shard = write_zarr_shard(root, tmp_group, source.name, source.array_range(start, stop), compression)
+        finish(os.path.join(root, tmp_group), os.path.join(root, group))
         if progress is not None:
             progress(stop - start)
-        info = ShardInfo(path=shard.object_path, bytes=shard.nbytes, samples=stop - start)
+        object_path = group + shard.object_path[len(tmp_group) :]
+        info = ShardInfo(path=object_path, bytes=shard.nbytes, samples=stop - start)
         return ShardResult(index, info, shard.offsets, shard.lengths, shard.crc32, frozenset())
     rel = f"{SHARDS_DIR}/{index:06d}.tar"
     final = os.path.join(root, rel)
@@ -125,9 +153,7 @@ def write_shard(
         if j + 1 != n:
             raise SourceError(f"source yielded {j + 1} samples for ids {start}..{stop - 1}; this is a source bug")
         size = tw.finish()
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    finish(tmp, final)
     if progress is not None and n % 64:
         progress(n % 64)
     return ShardResult(index, ShardInfo(path=rel, bytes=size, samples=n), offsets, lengths, crcs, frozenset(exts))
@@ -272,10 +298,7 @@ class DatasetWriter:
     ) -> list[ShardResult]:
         workers = min(self.workers, len(jobs))
         if workers == 1:
-            return [
-                write_shard(source, i, a, b, self.shard_format, self.compression, staging, progress)
-                for i, a, b in jobs
-            ]
+            return self._write_serial(source, jobs, staging, progress)
         results: list[ShardResult] = []
         pool = ProcessPoolExecutor(
             workers,
@@ -293,6 +316,24 @@ class DatasetWriter:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return sorted(results, key=lambda r: r.index)
+
+    def _write_serial(
+        self, source: Source, jobs: list[tuple[int, int, int]], staging: str, progress: Progress | None
+    ) -> list[ShardResult]:
+        # fsync releases the GIL: shard k goes to disk while shard k+1 is being written.
+        with ThreadPoolExecutor(1, thread_name_prefix="shardprune-fsync") as syncer:
+            pending: list[Future[None]] = []
+
+            def finish(tmp: str, final: str) -> None:
+                pending.append(syncer.submit(_sync_and_rename, tmp, final))
+
+            results = [
+                write_shard(source, i, a, b, self.shard_format, self.compression, staging, progress, finish)
+                for i, a, b in jobs
+            ]
+            for fut in pending:
+                fut.result()
+        return results
 
     def _assemble(self, source: Source, results: list[ShardResult]) -> tuple[Header, bytes]:
         manifest = Manifest.from_columns(

@@ -45,6 +45,19 @@ _STOP = object()
 _Item = tuple[HostArray, HostArray, int]
 
 
+def keep_pins(pins: list[dict[str, Any]], protect: str) -> list[dict[str, Any]]:
+    """The newest ``MAX_PINS`` pins, always including the one of ``protect`` if present.
+
+    ``protect`` is the snapshot the current epoch was planned from: a resume re-plans the
+    epoch from it, so frequent checkpoints (one pin each) must not push it out.
+    """
+    if len(pins) <= gen.MAX_PINS:
+        return pins
+    kept = [p for p in pins if p["fingerprint"] == protect][-1:]
+    others = [p for p in pins if p["fingerprint"] != protect]
+    return kept + others[len(others) - (gen.MAX_PINS - len(kept)) :]
+
+
 class ScoreStore:
     """Per-sample scores for one dataset, at a local path or an fsspec URL.
 
@@ -439,7 +452,7 @@ class ScoreStore:
             if pin is not None:
                 commit.pins = [p for p in commit.pins if p["fingerprint"] != pin["fingerprint"]]
                 commit.pins.append({**pin, "chunks": list(chunks)})
-                commit.pins = commit.pins[-gen.MAX_PINS :]
+                commit.pins = keep_pins(commit.pins, self.last_snapshot_fingerprint)
             commit.compact_dirs()
             gen.write_commit(self._storage, commit)
         except BaseException:

@@ -1,0 +1,215 @@
+"""Whole-job checkpoints of a distributed run: every rank's loader position, the scores, the policy.
+
+:func:`save_checkpoint` (collective) syncs and pins the scores on rank 0, gathers every
+rank's loader state, checks that every rank stands at the same epoch and batch, and
+rank 0 writes one JSON document atomically (temporary file + rename locally, one PUT on
+S3, through :mod:`shardprune.storage`). :func:`load_checkpoint` (collective) has rank 0
+read it and broadcast it, restores the pinned scores (rank 0's writer first, then the
+replicas), the policy and each rank's own loader state.
+
+World size rule: a checkpoint resumes only under the world size that wrote it. The
+loader's epoch plan cuts the global read order into one contiguous slice per rank, so
+the remaining samples of a half-finished epoch are defined per rank; under another rank
+count they would be visited twice or not at all. A different size is refused with
+:class:`~shardprune.errors.CheckpointMismatchError` showing both sizes. (Resuming at an
+epoch boundary under another size would be well defined; it is not offered yet.)
+
+Checkpoint format (JSON): ``{"version", "world_size", "epoch", "batches_yielded",
+"loaders" (one ``StreamingLoader.state_dict`` per rank, in rank order), "store"
+(rank 0's ``ScoreStore.state_dict``: the scores pinned in the store), "policy",
+"extra" (the caller's JSON-able data, e.g. the model checkpoint's path)}``. Model and
+optimiser weights are the caller's (``torch.save`` on rank 0); see ``tools/train_ddp.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch.distributed as dist
+
+from shardprune.dist.collectives import Group, agree, all_gather_bytes, broadcast_bytes, require_initialized
+from shardprune.dist.sync import DistributedScores
+from shardprune.errors import CheckpointMismatchError, DistributedError
+from shardprune.storage import Storage
+
+if TYPE_CHECKING:  # the loader imports shardprune.dist.world, so no import at run time
+    from shardprune.loader.streaming import StreamingLoader
+
+CHECKPOINT_VERSION = 1
+#: Keys of a checkpoint document, loaded strictly.
+CHECKPOINT_KEYS = ("batches_yielded", "epoch", "extra", "loaders", "policy", "store", "version", "world_size")
+
+
+def _split(url: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> tuple[Storage, str]:
+    path = os.fspath(url).rstrip("/")
+    if "://" in path and not path.startswith("file://"):
+        parent, _, name = path.rpartition("/")
+    else:
+        path = path[len("file://") :] if path.startswith("file://") else path
+        parent, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    if not name or parent.endswith(":/"):
+        raise CheckpointMismatchError(f"checkpoint url {url!r} must name a file, e.g. s3://bucket/run/ckpt.json")
+    return Storage(parent, storage_options), name
+
+
+def _raise_together(error: BaseException | None, group: Group, what: str) -> None:
+    """Every rank learns whether any rank failed; the failing ranks raise their own error."""
+    failed = agree(error is None, group)
+    if error is not None:
+        raise error
+    if failed:
+        raise DistributedError(f"rank(s) {failed} failed while {what}; see their error")
+
+
+def save_checkpoint(
+    url: str | os.PathLike[str],
+    loader: StreamingLoader,
+    scores: DistributedScores,
+    *,
+    extra: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Checkpoint the whole job to ``url`` (collective: call it on every rank at the same step).
+
+    Args:
+        url: The checkpoint file, local or ``s3://bucket/prefix/name.json``; overwritten atomically.
+        loader: This rank's loader.
+        scores: The job's :class:`DistributedScores`.
+        extra: JSON-able data stored with the checkpoint (default empty).
+        storage_options: fsspec options for a remote ``url``.
+
+    Returns:
+        The checkpoint document (the same on every rank).
+
+    Raises:
+        DistributedError: ranks stand at different epochs or batches, or a rank failed
+            (e.g. rank 0 could not write), raised on every rank.
+    """
+    require_initialized()
+    group = scores.group
+    store_state = scores.state_dict()
+    mine = loader.state_dict()
+    states = [json.loads(p) for p in all_gather_bytes(json.dumps(mine, sort_keys=True).encode(), group)]
+    positions = [(s["epoch"], s["batches_yielded"]) for s in states]
+    if len(set(positions)) != 1:
+        listing = ", ".join(f"rank {r}: epoch {e} batch {b}" for r, (e, b) in enumerate(positions))
+        raise DistributedError(
+            f"ranks stand at different positions ({listing}); call save_checkpoint on every rank after the "
+            "same number of batches"
+        )
+    sizes = {s["config"]["world_size"] for s in states}
+    if sizes != {dist.get_world_size(group)}:
+        raise DistributedError(
+            f"loaders were built for world_size {sorted(sizes)} but the process group has "
+            f"{dist.get_world_size(group)} ranks; build StreamingLoader after init_process_group"
+        )
+    policy = loader.policy.state_dict() if callable(getattr(loader.policy, "state_dict", None)) else {}
+    doc = {
+        "version": CHECKPOINT_VERSION,
+        "world_size": dist.get_world_size(group),
+        "epoch": positions[0][0],
+        "batches_yielded": positions[0][1],
+        "loaders": states,
+        "store": store_state,
+        "policy": json.loads(json.dumps(policy, sort_keys=True, default=repr)),
+        "extra": dict(extra or {}),
+    }
+    error: BaseException | None = None
+    if dist.get_rank(group) == 0:
+        try:
+            storage, name = _split(url, storage_options)
+            storage.write_bytes_atomic(name, json.dumps(doc, sort_keys=True, indent=1).encode())
+        except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
+            error = exc
+    _raise_together(error, group, f"writing checkpoint {os.fspath(url)}")
+    return doc
+
+
+def read_checkpoint(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read and check a checkpoint document (local; no process group needed).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``url``.
+        CheckpointMismatchError: not a checkpoint of this version.
+    """
+    storage, name = _split(url, storage_options)
+    if not storage.exists(name):
+        raise FileNotFoundError(f"no checkpoint at {storage.path(name)}; start without --resume, or fix the path")
+    return _parse(storage.read_bytes(name), storage.path(name))
+
+
+def _parse(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise CheckpointMismatchError(f"checkpoint {where} is not JSON ({exc}); it is not a shardprune checkpoint") from exc
+    if not isinstance(doc, dict) or sorted(doc) != sorted(CHECKPOINT_KEYS):
+        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise CheckpointMismatchError(f"checkpoint {where} has keys {keys}, expected {sorted(CHECKPOINT_KEYS)}")
+    if doc["version"] != CHECKPOINT_VERSION:
+        raise CheckpointMismatchError(
+            f"checkpoint {where} has version {doc['version']} (in checkpoint), {CHECKPOINT_VERSION} (now)"
+        )
+    return doc
+
+
+def load_checkpoint(
+    url: str | os.PathLike[str],
+    loader: StreamingLoader,
+    scores: DistributedScores,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Resume the whole job from ``url`` (collective): scores, policy, this rank's loader position.
+
+    Args:
+        url: The checkpoint written by :func:`save_checkpoint`.
+        loader: This rank's loader, built with the same configuration as the saved run.
+        scores: The job's :class:`DistributedScores` (opened on the same store URL).
+        storage_options: fsspec options for a remote ``url``.
+
+    Returns:
+        The checkpoint's ``extra`` data.
+
+    Raises:
+        CheckpointMismatchError: the checkpoint was written under another world size
+            (both sizes are named), another configuration or other scores; raised on
+            every rank.
+    """
+    require_initialized()
+    group = scores.group
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    data: bytes | None = None
+    error: BaseException | None = None
+    where = os.fspath(url)
+    if rank == 0:
+        try:
+            storage, name = _split(url, storage_options)
+            where = storage.path(name)
+            if not storage.exists(name):
+                raise FileNotFoundError(f"no checkpoint at {where}; start without resuming, or fix the path")
+            data = storage.read_bytes(name)
+        except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
+            error = exc
+    _raise_together(error, group, f"reading checkpoint {where}")
+    doc = _parse(broadcast_bytes(data, 0, group), where)
+    if doc["world_size"] != world:
+        raise CheckpointMismatchError(
+            f"checkpoint {where} was written by a job of world_size={doc['world_size']} ranks (in checkpoint); "
+            f"this job has world_size={world} (now). The epoch plan gives each rank a contiguous slice of the "
+            f"read order, so a run resumes only with the same rank count: relaunch with {doc['world_size']} ranks "
+            "(e.g. torchrun --nproc-per-node), or start a new run"
+        )
+    scores.load_state_dict(doc["store"])
+    error = None
+    try:
+        if callable(getattr(loader.policy, "load_state_dict", None)) and doc["policy"]:
+            loader.policy.load_state_dict(doc["policy"])
+        loader.load_state_dict(doc["loaders"][rank])
+    except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
+        error = exc
+    _raise_together(error, group, f"restoring the loader from {where}")
+    extra: dict[str, Any] = doc["extra"]
+    return extra

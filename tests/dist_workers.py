@@ -1,0 +1,267 @@
+"""Spawn targets for the distributed tests: real processes, real gloo ranks on one machine.
+
+:func:`launch` starts ``world_size`` processes with the ``spawn`` context; each joins a
+gloo process group through a FileStore in the test's tmp directory (no ports to pick),
+runs one target of this module, and writes its results as JSON into ``out``. Targets
+never depend on timing: the only deadline is the process group timeout, which turns a
+hang into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+#: Collective timeout inside the workers: a dead peer fails the survivors within it.
+PG_TIMEOUT_S = 20
+
+
+def fake_losses(ids: np.ndarray, epoch: int) -> np.ndarray:
+    """A deterministic 'loss' per (sample, epoch), so every run can be compared exactly."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return (((ids * 7919 + epoch * 104729) % 1000) / 250.0).astype(np.float32)
+
+
+def _entry(target: str, rank: int, world: int, init_file: str, out: str, kwargs: dict[str, Any]) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=PG_TIMEOUT_S)
+    )
+    try:
+        globals()[target](rank, world, Path(out), **kwargs)
+    except BaseException:
+        (Path(out) / f"error{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a group broken by a dead peer cannot always be torn down
+            pass
+
+
+def launch(target: str, world: int, tmp: Path, *, join_s: float = 90.0, **kwargs: Any) -> list[int | None]:
+    """Run ``target`` on ``world`` spawned ranks; return their exit codes (None: still alive, killed)."""
+    out = tmp / f"out-{target}-{world}"
+    out.mkdir(parents=True, exist_ok=True)
+    init_file = tmp / f"pg-{target}-{world}-{os.getpid()}-{len(list(tmp.iterdir()))}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_entry, args=(target, r, world, str(init_file), str(out), kwargs)) for r in range(world)]
+    for p in procs:
+        p.start()
+    codes: list[int | None] = []
+    for p in procs:
+        p.join(join_s)
+        if p.is_alive():
+            p.kill()
+            p.join()
+            codes.append(None)
+        else:
+            codes.append(p.exitcode)
+    return codes
+
+
+def errors(out: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(out.glob("error*.txt")))
+
+
+# -- targets ------------------------------------------------------------------------------
+def exchange(rank: int, world: int, out: Path) -> None:
+    """Each rank sends a different number of ids above 2**24 (and one float tensor that must be refused)."""
+    from shardprune.dist import exchange_reports
+    from shardprune.errors import DistributedError
+
+    big = [2**24 + 1, 2**40 + 3, 2**62 + 5 + rank, 2**53 + 1]
+    ids = torch.tensor(big[: 1 + rank % 4] + [rank], dtype=torch.int64)
+    losses = torch.arange(ids.shape[0], dtype=torch.float32) + 0.25 + rank
+    got = exchange_reports(ids, losses)
+    refused = ""
+    try:
+        exchange_reports(ids.to(torch.float32), losses)
+    except DistributedError as exc:
+        refused = str(exc)
+    doc = {
+        "ids": [int(i) for i in got.ids.tolist()],
+        "dtype": str(got.ids.dtype),
+        "losses": got.losses.tolist(),
+        "counts": got.counts,
+        "refused": refused,
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(doc))
+
+
+def epochs(
+    rank: int,
+    world: int,
+    out: Path,
+    *,
+    data: str,
+    store: str,
+    num_epochs: int,
+    batch_size: int,
+    drop_last: bool,
+    sync_every: int | None,
+    seed: int = 0,
+) -> None:
+    """Run InfoBatch epochs with fake losses; record ids, weights, plans and scores per epoch."""
+    from shardprune.dist import DistributedScores, World
+    from shardprune.loader import StreamingLoader
+    from shardprune.policies import make_policy
+    from shardprune.train import weighted_loss
+
+    loader = StreamingLoader(
+        data,
+        batch_size=batch_size,
+        policy=make_policy("infobatch", prune_ratio=0.5, delta=0.75),
+        num_epochs=num_epochs,
+        seed=seed,
+        world=World(rank, world),
+        drop_last=drop_last,
+        shuffle_buffer=16,
+    )
+    scores = DistributedScores.open(
+        store, len(loader.dataset), loader.dataset.fingerprint, sync_every=sync_every, flush_interval_s=None
+    )
+    loader.store = scores
+    record: list[dict[str, Any]] = []
+    for epoch in range(num_epochs):
+        loader.set_epoch(epoch)
+        scores.set_epoch(epoch)
+        assert loader.plan is not None and loader.decision is not None and loader.snapshot is not None
+        ids: list[int] = []
+        weights: list[float] = []
+        batches = 0
+        for batch in loader:
+            losses = torch.from_numpy(fake_losses(batch["ids"].numpy(), epoch)).requires_grad_()
+            weighted_loss(batch, losses, scores)
+            ids.extend(int(i) for i in batch["ids"])
+            weights.extend(float(w) for w in batch["weights"])
+            batches += 1
+        record.append(
+            {
+                "epoch": epoch,
+                "ids": ids,
+                "weights": weights,
+                "batches": batches,
+                "planned_batches": loader.plan.num_batches,
+                "kept": np.flatnonzero(loader.decision.keep).tolist(),
+                "trimmed": loader.plan.trimmed,
+                "padded": loader.plan.padded,
+                "snapshot": loader.snapshot.fingerprint,
+            }
+        )
+    final = scores.snapshot(pin=False)
+    stats = dict(scores.stats)
+    scores.close()
+    loader.close()
+    doc = {"epochs": record, "final": final.fingerprint, "stats": stats, "loss": final.loss.tolist()}
+    (out / f"rank{rank}.json").write_text(json.dumps(doc))
+
+
+def resumable(
+    rank: int,
+    world: int,
+    out: Path,
+    *,
+    data: str,
+    store: str,
+    ckpt: str,
+    mode: str,
+    num_epochs: int = 3,
+    batch_size: int = 8,
+    every: int = 2,
+    kill_at: tuple[int, int] = (1, 5),
+) -> None:
+    """Train with fake losses and a checkpoint every ``every`` batches.
+
+    ``mode``: ``"reference"`` runs to the end; ``"kill"`` has rank 1 SIGKILL itself when
+    it is handed batch ``kill_at[1]`` of epoch ``kill_at[0]``; ``"resume"`` loads the last
+    checkpoint first. Every batch handed out is logged as ``{"epoch", "batch", "ids"}``.
+    """
+    from shardprune.dist import DistributedScores, World, load_checkpoint, save_checkpoint
+    from shardprune.loader import StreamingLoader
+    from shardprune.policies import make_policy
+    from shardprune.train import weighted_loss
+
+    loader = StreamingLoader(
+        data,
+        batch_size=batch_size,
+        policy=make_policy("infobatch", prune_ratio=0.5),
+        num_epochs=num_epochs,
+        seed=7,
+        world=World(rank, world),
+        drop_last=False,
+        shuffle_buffer=16,
+    )
+    scores = DistributedScores.open(
+        store, len(loader.dataset), loader.dataset.fingerprint, sync_every=batch_size, flush_interval_s=None
+    )
+    loader.store = scores
+    log = (out / f"{mode}-rank{rank}.jsonl").open("a")
+    first = 0
+    resumed = False
+    if mode == "resume":
+        extra = load_checkpoint(ckpt, loader, scores)
+        first = int(extra["epoch"])
+        resumed = True
+    for epoch in range(first, num_epochs):
+        if not resumed:
+            loader.set_epoch(epoch)
+        resumed = False
+        scores.set_epoch(epoch)
+        assert loader.plan is not None
+        b = loader.state_dict()["batches_yielded"]
+        for batch in loader:
+            if mode == "kill" and rank == 1 and (epoch, b) == tuple(kill_at):
+                log.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            losses = torch.from_numpy(fake_losses(batch["ids"].numpy(), epoch))
+            weighted_loss(batch, losses, scores)
+            log.write(json.dumps({"epoch": epoch, "batch": b, "ids": [int(i) for i in batch["ids"]]}) + "\n")
+            log.flush()
+            b += 1
+            if b % every == 0:
+                save_checkpoint(ckpt, loader, scores, extra={"epoch": epoch})
+    final = scores.snapshot(pin=False)
+    scores.close()
+    loader.close()
+    log.close()
+    (out / f"{mode}-final{rank}.json").write_text(json.dumps({"final": final.fingerprint}))
+
+
+def wrong_world(rank: int, world: int, out: Path, *, data: str, store: str, ckpt: str) -> None:
+    """Resume a checkpoint written by another world size; record the refusal."""
+    from shardprune.dist import DistributedScores, World, load_checkpoint
+    from shardprune.errors import CheckpointMismatchError
+    from shardprune.loader import StreamingLoader
+    from shardprune.policies import make_policy
+
+    loader = StreamingLoader(
+        data,
+        batch_size=8,
+        policy=make_policy("infobatch", prune_ratio=0.5),
+        num_epochs=3,
+        seed=7,
+        world=World(rank, world),
+        drop_last=False,
+        shuffle_buffer=16,
+    )
+    scores = DistributedScores.open(store, len(loader.dataset), loader.dataset.fingerprint, flush_interval_s=None)
+    loader.store = scores
+    message = ""
+    try:
+        load_checkpoint(ckpt, loader, scores)
+    except CheckpointMismatchError as exc:
+        message = str(exc)
+    scores.close()
+    (out / f"rank{rank}.json").write_text(json.dumps({"message": message}))
