@@ -210,7 +210,8 @@ def main() -> None:
                     f"epoch, {b['all_ranks_MB']:9.1f} MB over all ranks"
                 )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "reference_step_s": ref, "sync": rows, "bytes": volumes}, indent=1))
+        doc = {"machine": info, "reference_step_s": ref, "sync": rows, "bytes": volumes}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

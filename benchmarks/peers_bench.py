@@ -12,7 +12,8 @@ of the same sample bytes (the ``.npy`` payload and the label) in their own forma
 litdata's chunked binary), written by their own writers, uncompressed.
 
 Pruning: shardprune's ``random`` policy keeps a uniform (1 - r) of the samples and plans the
-epoch before reading, so a pruned sample's bytes are never fetched. The peers have no
+epoch before reading, so a pruned sample's bytes are never fetched. Its measured epoch is
+epoch 1 of 2, after one report per sample (a first epoch keeps every never-seen sample). The peers have no
 per-sample pruning that avoids I/O; the best they offer is to filter after reading (here: a
 deterministic 50% filter right after the raw read, before decoding, so they also skip the
 decode). Every reader decodes the kept ``.npy`` payloads with ``numpy.load`` and yields
@@ -256,8 +257,15 @@ def read_shardprune(root: Path, ratio: float, batch_size: int) -> Iterator[tuple
     policy = make_policy("full") if ratio <= 0 else make_policy("random", prune_ratio=ratio)
     with tempfile.TemporaryDirectory() as tmp:
         store = ScoreStore(os.path.join(tmp, "scores"), num_samples=len(ds), dataset_fingerprint=ds.fingerprint)
-        loader = StreamingLoader(ds, batch_size=batch_size, policy=policy, store=store, num_epochs=1, seed=0)
-        loader.set_epoch(0)
+        # Measure the epoch after a scored one: every policy keeps samples it has never seen,
+        # so a first epoch reads everything whatever r is. One report per sample marks all seen
+        # (random pruning ignores the loss values).
+        n = len(ds)
+        store.apply(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.float32), epoch=0)
+        loader = StreamingLoader(
+            ds, batch_size=batch_size, policy=policy, store=store, num_epochs=2, seed=0, drop_last=False
+        )
+        loader.set_epoch(1)
         field = "npy"
         for batch in loader:
             yield batch[field], batch["label"]
@@ -331,14 +339,44 @@ READER_FNS: dict[str, Callable[[Path, float, int], Iterator[tuple[Any, Any]]]] =
 READER_EXTRA: dict[str, Any] = {}
 
 
+def warm_score_store() -> None:
+    """Open and close a throw-away score store: zarr imports its codecs and scans package
+    entry points on first use, which would otherwise count as the reader's bytes."""
+    import tempfile
+
+    import zarr  # noqa: F401
+
+    from shardprune.scores import ScoreStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ScoreStore(os.path.join(tmp, "warm"), num_samples=1, dataset_fingerprint="warm")
+        store.apply(np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.float32), epoch=0)
+        store.snapshot()
+        store.close()
+
+
 def child(reader: str, ratio: float, root: Path, batch_size: int) -> dict[str, Any]:
     """One measured epoch in this (fresh) process."""
     import torch  # noqa: F401 - imported before the baseline so every reader pays it equally
 
+    # Import each reader's modules before the baseline: reading their .py/.pyc files would
+    # otherwise count as bytes read by the reader.
     if reader in ("mosaicml-streaming", "litdata"):
         stub_unusable_imports()
         import litdata  # noqa: F401
+        import litdata.streaming.dataset  # noqa: F401
         import streaming  # noqa: F401
+        import streaming.base.dataset  # noqa: F401
+    else:
+        sys.path.insert(0, str(REPO))
+        import shardprune.dataset  # noqa: F401
+        import shardprune.loader  # noqa: F401
+        import shardprune.policies  # noqa: F401
+        import shardprune.scores  # noqa: F401
+        import webdataset  # noqa: F401
+
+        if reader == "shardprune":
+            warm_score_store()
     rss0 = rss_now_bytes()
     io0 = io_counters()
     t0 = time.perf_counter()
@@ -363,6 +401,45 @@ def child(reader: str, ratio: float, root: Path, batch_size: int) -> dict[str, A
         "rss_after_imports": rss0,
         "extra": {k: (v if isinstance(v, (int, float, str, dict, list)) else str(v)) for k, v in READER_EXTRA.items()},
     }
+
+
+# ----------------------------------------------------------------------------- readahead probe
+def readahead_probe(tar_dir: Path, ratio: float) -> str:
+    """What a local disk really reads when half the samples are skipped: ``pread`` the kept
+    samples' byte ranges from cold shard files, with the kernel's default readahead and with
+    ``POSIX_FADV_RANDOM`` (readahead off), and count the bytes brought into the page cache."""
+    sys.path.insert(0, str(REPO))
+    from shardprune.dataset import ShardedDataset
+
+    ds = ShardedDataset(str(tar_dir))
+    m = ds.manifest
+    keep = keep_fn(ratio)
+    kept = np.array([keep(i) for i in range(len(ds))], dtype=bool)
+    requested = int(m.length[kept].sum())
+    lines = [
+        f"readahead probe: {int(kept.sum())} of {len(ds)} samples kept (r={ratio:g}), {mib(requested)} MiB requested "
+        f"of {mib(int(m.length.sum()))} MiB",
+        "| readahead | MiB brought into page cache | x requested | s |",
+        "|---|---|---|---|",
+    ]
+    for mode in ("kernel default", "POSIX_FADV_RANDOM"):
+        evict(tar_dir)
+        before = resident_bytes(tar_dir)
+        t0 = time.perf_counter()
+        for shard in range(len(ds.header.shards)):
+            rows = np.flatnonzero(kept & (m.shard == shard))
+            fd = os.open(tar_dir / ds.shard_path(shard), os.O_RDONLY)
+            try:
+                if mode == "POSIX_FADV_RANDOM":
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                for i in rows[np.argsort(m.offset[rows])]:
+                    os.pread(fd, int(m.length[i]), int(m.offset[i]))
+            finally:
+                os.close(fd)
+        wall = time.perf_counter() - t0
+        brought = resident_bytes(tar_dir) - before
+        lines.append(f"| {mode} | {mib(brought)} | {brought / requested:.2f} | {wall:.2f} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -462,6 +539,11 @@ def main() -> int:
     ap.add_argument("--ratios", default="0,0.5", help="prune ratios (default %(default)s)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run as JSON here")
     ap.add_argument("--setup-peers", action="store_true", help="create .bench/peers-venv with streaming and litdata")
+    ap.add_argument(
+        "--readahead-probe",
+        action="store_true",
+        help="only measure the page cache filled by reading the kept samples cold, with and without readahead",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ratio", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -475,6 +557,9 @@ def main() -> int:
     ratios = [float(r) for r in args.ratios.split(",")]
     print(f"machine: {machine()}", flush=True)
     tar_dir = build_data(args.root, args.num_samples, args.shard_bytes)
+    if args.readahead_probe:
+        print(readahead_probe(tar_dir, max(ratios)))
+        return 0
     py_peers = peers_python()
     notes: list[str] = []
     if py_peers is None:

@@ -69,15 +69,24 @@ class RunSpec:
     ema_beta: float = 0.9
     validation: bool = False
     label: str = ""
+    params: tuple[tuple[str, float | None], ...] = ()
 
     @property
     def name(self) -> str:
         tag = self.label or self.policy
         val = "-val" if self.validation else ""
+        extra = "".join(f"-{k}{v:g}" if v is not None else f"-{k}None" for k, v in self.params)
         return (
             f"{self.dataset}{val}-n{self.num_samples or 'all'}-{tag}-r{self.prune_ratio:.4f}-s{self.seed}"
-            f"-e{self.epochs}-b{self.batch_size}-lr{self.lr:g}-beta{self.ema_beta:g}"
+            f"-e{self.epochs}-b{self.batch_size}-lr{self.lr:g}-beta{self.ema_beta:g}{extra}"
         ).replace("=", "_")
+
+    @property
+    def display(self) -> str:
+        """The policy as tables name it: ``swdpp(mixup_prob=0)`` when it has extra parameters."""
+        if not self.params:
+            return self.policy
+        return f"{self.policy}({', '.join(f'{k}={v:g}' if v is not None else f'{k}=None' for k, v in self.params)})"
 
     def config(self) -> TrainConfig:
         return TrainConfig(
@@ -87,7 +96,27 @@ class RunSpec:
             prune_ratio=self.prune_ratio,
             seed=self.seed,
             ema_beta=self.ema_beta,
+            policy_params=self.params,
         )
+
+
+def parse_params(text: str) -> tuple[tuple[str, float | None], ...]:
+    """``"mixup_prob=0,max_weight=5"`` -> ``(("mixup_prob", 0.0), ("max_weight", 5.0))`` ("None" allowed)."""
+    out: list[tuple[str, float | None]] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"policy parameter {item!r} must look like name=value, e.g. mixup_prob=0")
+        out.append((key.strip(), None if value.strip() == "None" else float(value)))
+    return tuple(out)
+
+
+def jsonable(spec: RunSpec) -> dict[str, Any]:
+    """``asdict(spec)`` as it reads back from JSON (tuples become lists)."""
+    doc: dict[str, Any] = json.loads(json.dumps(asdict(spec)))
+    return doc
 
 
 # ----------------------------------------------------------------------------- running
@@ -128,7 +157,9 @@ def load_done(root: Path, specs: list[RunSpec]) -> dict[RunSpec, dict[str, Any]]
         path = root / "runs" / f"{spec.name}.json"
         if path.exists():
             doc = json.loads(path.read_text())
-            if doc.get("spec") == asdict(spec):
+            saved = dict(doc.get("spec") or {})
+            saved.setdefault("params", [])  # runs saved before RunSpec had parameters
+            if saved == jsonable(spec):
                 done[spec] = doc
     return done
 
@@ -193,6 +224,8 @@ def grid(args: argparse.Namespace, dataset: str) -> tuple[list[RunSpec], RunSpec
         specs.append(replace(base, seed=seed))
         for ratio, policy in itertools.product(args.ratios, args.policies):
             specs.append(replace(base, seed=seed, policy=policy, prune_ratio=ratio))
+            for params in args.policy_params.get(policy, []):
+                specs.append(replace(base, seed=seed, policy=policy, prune_ratio=ratio, params=params))
     return specs, base
 
 
@@ -247,12 +280,12 @@ def summarize(dataset: str, base: RunSpec, args: argparse.Namespace, done: dict[
     for spec, doc in done.items():
         if spec.dataset != dataset or spec.seed not in fulls or spec.validation:
             continue
-        if replace(spec, policy=base.policy, prune_ratio=0.0, label="", seed=base.seed) != base:
+        if replace(spec, policy=base.policy, prune_ratio=0.0, label="", seed=base.seed, params=()) != base:
             continue
         if spec.label.startswith(MATCHED):
             key = (MATCHED, float(spec.label[len(MATCHED) :]))
         else:
-            key = (spec.policy, spec.prune_ratio)
+            key = (spec.display, spec.prune_ratio)
         full = fulls[spec.seed]["result"]
         r = doc["result"]
         groups.setdefault(key, []).append(
@@ -291,7 +324,7 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
     f_mean, f_std = full["acc"]
     out = []
     for r in rows:
-        if r["policy"] not in ("infobatch", "swdpp"):
+        if r["policy"].split("(")[0] not in ("infobatch", "swdpp"):
             continue
         ratio = r["ratio"]
         peer_name = MATCHED if r["policy"] == "infobatch" else "random"
@@ -385,32 +418,37 @@ def calibrate(args: argparse.Namespace, root: Path) -> int:
         specs = [
             RunSpec(
                 dataset, args.num_samples or DEFAULT_SAMPLES[dataset], args.cal_policy, ratio, seed, e, b, lr, beta,
-                validation=True,
+                validation=True, params=params,
             )
-            for e, b, lr, beta, seed in itertools.product(
+            for e, b, lr, beta, params, seed in itertools.product(
                 args.cal_epochs or [d["epochs"]],
                 args.cal_batch or [d["batch_size"]],
                 args.cal_lr or [d["lr"]],
                 args.cal_beta or [d["ema_beta"]],
+                args.cal_params,
                 args.seeds,
             )
         ]
         done = execute(specs, root, args.jobs)
-        table: dict[tuple[int, int, float, float], list[float]] = {}
+        table: dict[tuple[int, int, float, float, str], list[float]] = {}
         for spec, doc in done.items():
-            key = (spec.epochs, spec.batch_size, spec.lr, spec.ema_beta)
+            key = (spec.epochs, spec.batch_size, spec.lr, spec.ema_beta, spec.display)
             table.setdefault(key, []).append(doc["result"]["final_test_acc"])
         out_lines.append(
             f"\n{dataset}: validation accuracy (last 10% of train), policy {args.cal_policy} r={ratio:g}, "
             f"seeds {args.seeds}"
         )
-        out_lines.append("| epochs | batch | lr | ema_beta | val acc mean ± std |\n|---|---|---|---|---|")
+        out_lines.append(
+            "| epochs | batch | lr | ema_beta | policy | val acc mean ± std |\n|---|---|---|---|---|---|"
+        )
         ranked = sorted(table.items(), key=lambda kv: -float(np.mean(kv[1])))
-        for (e, b, lr, beta), accs in ranked:
+        for (e, b, lr, beta, shown), accs in ranked:
             m, s = _mean_std(accs)
-            out_lines.append(f"| {e} | {b} | {lr:g} | {beta:g} | {m:.4f} ± {s:.4f} |")
-        (e, b, lr, beta), _ = ranked[0]
-        out_lines.append(f"best on validation: epochs {e}, batch {b}, lr {lr:g}, ema_beta {beta:g}; defaults now: {d}")
+            out_lines.append(f"| {e} | {b} | {lr:g} | {beta:g} | {shown} | {m:.4f} ± {s:.4f} |")
+        (e, b, lr, beta, shown), _ = ranked[0]
+        out_lines.append(
+            f"best on validation: epochs {e}, batch {b}, lr {lr:g}, ema_beta {beta:g}, {shown}; defaults now: {d}"
+        )
     text = "\n".join(out_lines)
     print(text)
     with open(root / "calibration.md", "a") as f:
@@ -452,9 +490,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cal-batch", type=ints, default=None, help="calibration batch grid (default: the dataset's)")
     ap.add_argument("--cal-lr", type=floats, default=None, help="calibration lr grid (default: the dataset's)")
     ap.add_argument("--cal-beta", type=floats, default=None, help="calibration store ema_beta grid")
+    ap.add_argument(
+        "--cal-params",
+        type=lambda t: [parse_params(x) for x in t.split(";")],
+        default=[()],
+        help="calibration alternatives of policy parameters, ';'-separated, each name=value,...; an empty "
+        "alternative is the defaults (e.g. ';mixup_prob=0;max_weight=5')",
+    )
+    ap.add_argument(
+        "--policy-params",
+        action="append",
+        default=[],
+        metavar="POLICY:NAME=VALUE,...",
+        help="also run POLICY with these parameters beside its defaults, at every ratio and seed "
+        "(repeatable; e.g. swdpp:mixup_prob=0)",
+    )
     ap.add_argument("--cal-policy", default="full", help="policy to calibrate with (default full)")
     ap.add_argument("--cal-ratio", type=float, default=0.5, help="its prune ratio (default 0.5)")
     args = ap.parse_args(argv)
+    extra: dict[str, list[tuple[tuple[str, float | None], ...]]] = {}
+    for item in args.policy_params:
+        policy, sep, rest = item.partition(":")
+        if not sep or policy not in PRUNING_POLICIES:
+            ap.error(f"--policy-params {item!r}: expected POLICY:name=value,... with POLICY in {PRUNING_POLICIES}")
+        try:
+            extra.setdefault(policy, []).append(parse_params(rest))
+        except ValueError as exc:
+            ap.error(f"--policy-params {item!r}: {exc}")
+    args.policy_params = extra
     if args.quick:
         args.num_samples, args.epochs, args.seeds, args.ratios = 400, 4, [0], [0.5]
         args.out = args.out.with_name(args.out.name + "-quick")

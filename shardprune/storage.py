@@ -11,6 +11,7 @@ A :class:`Storage` pickles as its URL and options only; live handles never trave
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -42,16 +43,39 @@ _TRANSIENT_NAMES = frozenset(
 )
 
 
-def _is_transient(exc: BaseException) -> bool:
+#: errno values of transient failures. s3fs turns an S3 ``500 InternalError`` and ``503
+#: SlowDown`` into ``OSError(EREMOTEIO / EBUSY, <the server's message>)``, without the
+#: status code in the text.
+_TRANSIENT_ERRNOS = frozenset(
+    code
+    for code in (
+        getattr(errno, "EREMOTEIO", None),
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+    )
+    if code is not None
+)
+
+
+def _is_transient(exc: BaseException, depth: int = 0) -> bool:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     if type(exc).__name__ in _TRANSIENT_NAMES:
         return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
     text = str(exc)
-    # s3fs maps HTTP errors to OSError with the status in the message.
-    return any(code in text for code in ("500", "502", "503", "504", "SlowDown", "InternalError"))
+    # Other HTTP errors arrive as OSError with the status or S3 error code in the message.
+    if any(code in text for code in ("500", "502", "503", "504", "SlowDown", "InternalError", "internal error")):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and depth < 4 and _is_transient(cause, depth + 1)
 
 
 class Storage:

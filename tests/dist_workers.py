@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 #: Collective timeout inside the workers: a dead peer fails the survivors within it.
-PG_TIMEOUT_S = 20
+PG_TIMEOUT_S = 60
 
 
 def fake_losses(ids: np.ndarray, epoch: int) -> np.ndarray:
@@ -50,13 +50,15 @@ def _entry(target: str, rank: int, world: int, init_file: str, out: str, kwargs:
             pass
 
 
-def launch(target: str, world: int, tmp: Path, *, join_s: float = 90.0, **kwargs: Any) -> list[int | None]:
+def launch(target: str, world: int, tmp: Path, *, join_s: float = 240.0, **kwargs: Any) -> list[int | None]:
     """Run ``target`` on ``world`` spawned ranks; return their exit codes (None: still alive, killed)."""
     out = tmp / f"out-{target}-{world}"
     out.mkdir(parents=True, exist_ok=True)
     init_file = tmp / f"pg-{target}-{world}-{os.getpid()}-{len(list(tmp.iterdir()))}"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_entry, args=(target, r, world, str(init_file), str(out), kwargs)) for r in range(world)]
+    procs = [
+        ctx.Process(target=_entry, args=(target, r, world, str(init_file), str(out), kwargs)) for r in range(world)
+    ]
     for p in procs:
         p.start()
     codes: list[int | None] = []
@@ -76,10 +78,14 @@ def errors(out: Path) -> str:
 
 
 # -- targets ------------------------------------------------------------------------------
-def exchange(rank: int, world: int, out: Path) -> None:
-    """Each rank sends a different number of ids above 2**24 (and one float tensor that must be refused)."""
-    from shardprune.dist import exchange_reports
-    from shardprune.errors import DistributedError
+def exchange(rank: int, world: int, out: Path, *, store: str) -> None:
+    """Each rank sends a different number of ids above 2**24 (and one float tensor that must be refused).
+
+    Then two failures every rank must see: replicas that diverged (rank 1 feeds its own
+    copy directly) and a store that rank 0 cannot open.
+    """
+    from shardprune.dist import DistributedScores, exchange_reports
+    from shardprune.errors import DistributedError, ScoreStoreMismatchError
 
     big = [2**24 + 1, 2**40 + 3, 2**62 + 5 + rank, 2**53 + 1]
     ids = torch.tensor(big[: 1 + rank % 4] + [rank], dtype=torch.int64)
@@ -90,7 +96,26 @@ def exchange(rank: int, world: int, out: Path) -> None:
         exchange_reports(ids.to(torch.float32), losses)
     except DistributedError as exc:
         refused = str(exc)
+    scores = DistributedScores.open(store, 100, "fp", flush_interval_s=None)
+    scores.update(torch.tensor([rank]), torch.tensor([1.0]))
+    if rank == 1:
+        scores.store.apply(np.array([50]), np.array([2.0], dtype=np.float32), 0)
+    diverged = ""
+    try:
+        scores.snapshot()
+    except DistributedError as exc:
+        diverged = str(exc)
+    scores.close()
+    open_error = ""
+    try:
+        DistributedScores.open(store, 101, "fp", flush_interval_s=None)
+    except ScoreStoreMismatchError as exc:
+        open_error = f"mismatch: {exc}"
+    except DistributedError as exc:
+        open_error = f"distributed: {exc}"
     doc = {
+        "diverged": diverged,
+        "open_error": open_error,
         "ids": [int(i) for i in got.ids.tolist()],
         "dtype": str(got.ids.dtype),
         "losses": got.losses.tolist(),

@@ -247,3 +247,28 @@ def test_digits_demo_runs_every_policy(tmp_path: Path, capsys: pytest.CaptureFix
     assert runs["swdpp"]["mixed_samples"] > 0
     assert not (out / "demo.png").exists()
     assert "swdpp" in capsys.readouterr().out
+
+
+def test_train_bench_quick_runs_the_grid_and_checks_targets(tmp_path: Path) -> None:
+    # benchmarks/train_bench.py --quick: the whole pipeline (grid, matched random, summary, verdicts, plot) on tiny data.
+    out = tmp_path / "tb"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_bench.py"), "--quick", "--datasets", "digits", "--jobs", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    quick = tmp_path / "tb-quick"
+    report = json.loads((quick / "summary.json").read_text())
+    summary = report["datasets"]["digits"]
+    policies = {(r["policy"], r["ratio"]) for r in summary["rows"]}
+    assert policies == {("full", 0.0), *((p, 0.5) for p in ("random", "epsilon_greedy", "ucb", "infobatch", "swdpp")),
+                        ("random=ib", 0.5)}
+    assert summary["config"]["num_samples"] == 400 and summary["config"]["epochs"] == 4
+    assert [v.split(":")[0] for v in summary["verdicts"]] == ["digits infobatch r=0.5", "digits swdpp r=0.5"]
+    rows = {r["policy"]: r for r in summary["rows"]}
+    # The matched random run lands on InfoBatch's visits (the linear fit is exact for random pruning).
+    assert abs(rows["random=ib"]["visits_saved"][0] - rows["infobatch"]["visits_saved"][0]) < 0.02
+    assert rows["full"]["visits_saved"][0] == 0.0 and rows["random"]["visits_saved"][0] > 0.3
+    assert (quick / "plots" / "train_digits.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| policy |" in (quick / "summary.md").read_text()

@@ -31,19 +31,21 @@ def _log(out: Path, mode: str, rank: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_sigkill_one_rank_then_resume_all_ranks(tmp_path: Path) -> None:
     data = str(tmp_path / "ds")
     write_dataset(data, n=300, per_shard=25)
     out = tmp_path / f"out-resumable-{WORLD}"
 
-    codes = launch("resumable", WORLD, tmp_path, data=data, store=str(tmp_path / "ref"), ckpt=str(tmp_path / "ref.json"), mode="reference")
+    ref_files = {"store": str(tmp_path / "ref"), "ckpt": str(tmp_path / "ref.json")}
+    codes = launch("resumable", WORLD, tmp_path, data=data, mode="reference", **ref_files)
     assert codes == [0] * WORLD, errors(out)
 
     ckpt = tmp_path / "job.json"
     kill_at = (1, 5)
-    codes = launch(
-        "resumable", WORLD, tmp_path, join_s=PG_TIMEOUT_S + 60, data=data, store=str(tmp_path / "job"), ckpt=str(ckpt), mode="kill", kill_at=kill_at
-    )
+    job_files = {"store": str(tmp_path / "job"), "ckpt": str(ckpt)}
+    wait = PG_TIMEOUT_S + 120
+    codes = launch("resumable", WORLD, tmp_path, join_s=wait, data=data, mode="kill", kill_at=kill_at, **job_files)
     assert codes[1] == -signal.SIGKILL
     assert codes[0] is not None, "rank 0 hung after its peer died (it was killed by the test)"
     assert codes[0] != 0, "rank 0 finished although its peer was killed"
@@ -55,7 +57,7 @@ def test_sigkill_one_rank_then_resume_all_ranks(tmp_path: Path) -> None:
     # Enough checkpoints were pinned to push out old pins; the epoch's plan pin survived.
     assert len(_log(out, "kill", 0)) > MAX_PINS * 2
 
-    codes = launch("resumable", WORLD, tmp_path, data=data, store=str(tmp_path / "job"), ckpt=str(ckpt), mode="resume")
+    codes = launch("resumable", WORLD, tmp_path, data=data, mode="resume", **job_files)
     assert codes == [0] * WORLD, errors(out)
     for rank in range(WORLD):
         ref = _log(out, "reference", rank)
@@ -63,11 +65,12 @@ def test_sigkill_one_rank_then_resume_all_ranks(tmp_path: Path) -> None:
         start = next(i for i, r in enumerate(ref) if (r["epoch"], r["batch"]) == (1, 4))
         assert resumed == ref[start:], f"rank {rank} resumed with other batches"
         assert resumed and resumed[0]["epoch"] == 1
-    finals = {json.loads((out / f"{m}-final{r}.json").read_text())["final"] for m in ("reference", "resume") for r in range(WORLD)}
+    runs = [(m, r) for m in ("reference", "resume") for r in range(WORLD)]
+    finals = {json.loads((out / f"{m}-final{r}.json").read_text())["final"] for m, r in runs}
     assert len(finals) == 1, "the resumed job ended with other scores than the uninterrupted one"
 
     # The same checkpoint under 4 ranks: refused on every rank, naming both sizes.
-    codes = launch("wrong_world", 4, tmp_path, data=data, store=str(tmp_path / "job"), ckpt=str(ckpt))
+    codes = launch("wrong_world", 4, tmp_path, data=data, **job_files)
     wrong = tmp_path / "out-wrong_world-4"
     assert codes == [0] * 4, errors(wrong)
     for r in range(4):

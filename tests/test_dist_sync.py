@@ -33,7 +33,7 @@ def _results(out: Path, world: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_exchange_keeps_int64_ids_above_2_pow_24(tmp_path: Path, world: int) -> None:
-    codes = launch("exchange", world, tmp_path)
+    codes = launch("exchange", world, tmp_path, store=str(tmp_path / "scores"))
     out = tmp_path / f"out-exchange-{world}"
     assert codes == [0] * world, errors(out)
     big = [2**24 + 1, 2**40 + 3, 2**62 + 5, 2**53 + 1]
@@ -49,6 +49,12 @@ def test_exchange_keeps_int64_ids_above_2_pow_24(tmp_path: Path, world: int) -> 
         assert doc["counts"] == [2 + r % 4 for r in range(world)]
         assert doc["losses"] == pytest.approx(expect_losses)
         assert "float32" in doc["refused"] and "2**24" in doc["refused"]
+    docs = _results(out, world)
+    # Rank 1 fed its copy behind DistributedScores' back: every rank refuses the snapshot.
+    assert all("ranks [1] froze a different score snapshot" in d["diverged"] for d in docs)
+    # Rank 0 cannot open the store (another sample count): it raises its error, the others theirs.
+    assert docs[0]["open_error"].startswith("mismatch:") and "num_samples=100" in docs[0]["open_error"]
+    assert all(d["open_error"].startswith("distributed: rank(s) [0] could not open") for d in docs[1:])
     assert float(np.float32(2**24 + 1)) != 2**24 + 1  # the hazard the exchange avoids
 
 

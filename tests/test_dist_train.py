@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from shardprune.dataset import open_dataset
+from shardprune.dist import read_checkpoint
 from shardprune.demo.data import prepare_data
 from shardprune.scores import ScoreStore
 
@@ -67,6 +68,7 @@ def _metrics(out: Path) -> dict[str, Any]:
     return doc
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_rank_with_the_same_global_batch(digits: dict[str, str], tmp_path: Path) -> None:
     from scipy.stats import spearmanr
 
@@ -89,29 +91,46 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(digits: dict[str, s
     # Every sample was visited each full epoch (epoch 0 and the annealing epoch) on 2 ranks.
     assert m2["epochs"][0]["visits"] == m2["epochs"][-1]["visits"] == len(s2)
 
-    # Stop after 37 steps (mid epoch 2), resume, and end exactly where the uninterrupted run ended.
-    three = tmp_path / "three"
-    _run(2, [*_common(digits, three, 32), "--stop-after", "37"])
-    assert _metrics(three)["stopped_after"] == 37
-    _run(2, [*_common(digits, three, 32), "--resume"])
-    assert _metrics(three)["scores_fingerprint"] == m2["scores_fingerprint"]
-    assert _metrics(three)["test_acc"] == m2["test_acc"]
 
-    # The 2-rank checkpoint under 1 rank: refused, naming both sizes.
-    bad = _torchrun(1, [*_common(digits, three, 32), "--resume"])
+@pytest.mark.slow
+def test_stop_mid_epoch_and_resume_exactly(digits: dict[str, str], tmp_path: Path) -> None:
+    """Stop mid-epoch and resume: exactly the uninterrupted run; under another rank count: refused."""
+    whole, sliced = tmp_path / "whole", tmp_path / "sliced"
+    _run(2, [*_common(digits, whole, 32), "--epochs", "3"])
+    _run(2, [*_common(digits, sliced, 32), "--epochs", "3", "--stop-after", "37"])  # epoch 0: 23 steps
+    assert _metrics(sliced)["stopped_after"] == 37
+    assert not read_checkpoint(sliced / "ckpt.json")["epoch_complete"]
+    # The mid-epoch 2-rank checkpoint under 1 rank: refused, naming both sizes.
+    bad = _torchrun(1, [*_common(digits, sliced, 64), "--epochs", "3", "--resume"])
     assert bad.returncode != 0
-    assert "world_size=2" in bad.stderr and "world_size=1" in bad.stderr
+    assert "world_size=2" in bad.stderr and "world_size=1" in bad.stderr and "middle of epoch 1" in bad.stderr
+    _run(2, [*_common(digits, sliced, 32), "--epochs", "3", "--resume"])
+    assert _metrics(sliced)["scores_fingerprint"] == _metrics(whole)["scores_fingerprint"]
+    assert _metrics(sliced)["test_acc"] == _metrics(whole)["test_acc"]
+
+
+@pytest.mark.slow
+def test_epoch_end_checkpoint_resumes_under_another_rank_count(digits: dict[str, str], tmp_path: Path) -> None:
+    """Stopped exactly at the end of epoch 0 on 2 ranks: 1 rank of batch 64 continues with epoch 1."""
+    relaid = tmp_path / "relaid"
+    _run(2, [*_common(digits, relaid, 32), "--stop-after", "23"])
+    doc = read_checkpoint(relaid / "ckpt.json")
+    assert doc["epoch_complete"] and (doc["world_size"], doc["epoch"]) == (2, 0)
+    _run(1, [*_common(digits, relaid, 64), "--resume"])
+    m = _metrics(relaid)
+    assert m["world_size"] == 1 and [e["epoch"] for e in m["epochs"]] == list(range(1, 10))
+    assert m["test_acc"] >= 0.93
 
 
 def test_help_and_bad_arguments() -> None:
     ok = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "torchrun" in ok.stdout and "--resume" in ok.stdout
-    bad = subprocess.run(
-        [sys.executable, str(TOOL), "--data", "x", "--scores", "y", "--resume"], capture_output=True, text=True, timeout=60
-    )
+    cmd = [sys.executable, str(TOOL), "--data", "x", "--scores", "y", "--resume"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--resume needs --checkpoint" in bad.stderr
 
 
+@pytest.mark.slow
 def test_s3_dataset_scores_and_checkpoint(s3_server: Any, tmp_path: Path) -> None:
     """Data, score store, checkpoint and weights on a real S3 server (moto on 127.0.0.1); stop and resume."""
     from shardprune.format.writer import DatasetWriter

@@ -463,3 +463,15 @@ def test_real_process_progress_and_errors(tmp_path: Path) -> None:
     bad = subprocess.run([*run[:-1], "99999"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "num_samples=99999 is outside 1..1438" in bad.stderr
+
+
+def test_unusable_object_store_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials for an s3:// output: one line naming the cause and the fix, before any conversion."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, _, err = _cli(capsys, "digits", "-o", "s3://no-such-bucket/p", "--endpoint-url", "http://127.0.0.1:9")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "NoCredentialsError" in err and "AWS_ACCESS_KEY_ID" in err

@@ -199,12 +199,28 @@ def run(args: argparse.Namespace) -> Header:
     return header
 
 
+#: Packages whose exceptions mean the object store could not be used (credentials, endpoint).
+_REMOTE_ERROR_MODULES = ("botocore", "aiobotocore", "s3fs", "aiohttp", "fsspec")
+
+
+def _is_remote_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in _REMOTE_ERROR_MODULES
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ShardpruneError, OSError) as exc:
-        message = " ".join(str(exc).split())
+    except Exception as exc:  # noqa: BLE001 - filtered below; anything else is a bug and keeps its traceback
+        if isinstance(exc, (ShardpruneError, OSError)):
+            message = " ".join(str(exc).split())
+        elif _is_remote_error(exc):
+            message = (
+                f"the object store refused the request ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                "check --endpoint-url and the AWS credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+            )
+        else:
+            raise
         print(f"make_shards.py {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

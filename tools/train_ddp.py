@@ -18,7 +18,9 @@ Examples::
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint host:29500 tools/train_ddp.py \\
         --data s3://bucket/train --scores s3://bucket/run/scores --checkpoint s3://bucket/run/ckpt.json
 
-Without torchrun it runs as a single process. The per-rank ``--batch-size`` times the
+A checkpoint taken mid-epoch resumes only with the same number of ranks; one taken at the
+end of an epoch (every epoch ends with one) resumes with any. Without torchrun it runs as a
+single process. The per-rank ``--batch-size`` times the
 number of ranks is the global batch; DDP averages the ranks' gradients, so 2 ranks of 32
 follow the same schedule as 1 rank of 64. Errors print one line and exit 1.
 """
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scores", required=True, help="score store location shared by all ranks (path or s3://)")
     p.add_argument("--checkpoint", help="checkpoint file (path or s3://.../ckpt.json); model weights go beside it")
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint (same number of ranks)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default 0: epoch ends)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: epoch ends)")
     p.add_argument(
         "--stop-after", type=int, default=0, help="checkpoint and stop after N steps of this invocation (a time slice)"
     )
@@ -143,9 +145,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise ShardpruneError(f"--field {field!r} is not one of the dataset's fields {sorted(ds.header.fields)}")
         num_classes = ds.header.num_classes or int(ds.labels.max()) + 1
         scores = DistributedScores.open(
-            args.scores, len(ds), ds.fingerprint, sync_every=args.sync_every, storage_options=options, flush_interval_s=None
+            args.scores,
+            len(ds),
+            ds.fingerprint,
+            sync_every=args.sync_every,
+            storage_options=options,
+            flush_interval_s=None,
         )
-        policy = make_policy("full") if args.policy == "full" else make_policy(args.policy, prune_ratio=args.prune_ratio)
+        ratio = {} if args.policy == "full" else {"prune_ratio": args.prune_ratio}
+        policy = make_policy(args.policy, **ratio)
         loader = StreamingLoader(
             ds,
             batch_size=args.batch_size,
@@ -219,7 +227,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 steps_done += 1
                 if args.stop_after and steps_done == args.stop_after:
-                    checkpoint(epoch, step + 1, epoch)
+                    checkpoint(epoch, step + 1, epoch if step + 1 < steps else epoch + 1)
                     stopped = True
                     break
                 if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < steps:

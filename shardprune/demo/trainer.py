@@ -53,6 +53,9 @@ class TrainConfig:
             (default None: the middle epoch).
         ema_beta: The score store's EMA momentum per visit, behind the loss-EMA scores of
             SwDPP, epsilon-greedy and UCB (InfoBatch uses the latest loss). Default 0.9.
+        policy_params: Extra parameters for the pruning policy (not ``full``), as
+            ``(name, value)`` pairs, e.g. ``(("mixup_prob", 0.0),)``; checked by
+            ``shardprune.policies.make_policy``. Default none.
     """
 
     epochs: int = 30
@@ -65,6 +68,7 @@ class TrainConfig:
     num_workers: int = 0
     histogram_epoch: int | None = None
     ema_beta: float = 0.9
+    policy_params: tuple[tuple[str, float | None], ...] = ()
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first option outside its range."""
@@ -295,7 +299,11 @@ def train_policy(
         flush_interval_s=None,
     )
     ratio = 0.0 if policy_name == "full" else cfg.prune_ratio
-    policy = make_policy(policy_name) if policy_name == "full" else make_policy(policy_name, prune_ratio=ratio)
+    policy = (
+        make_policy(policy_name)
+        if policy_name == "full"
+        else make_policy(policy_name, prune_ratio=ratio, **dict(cfg.policy_params))
+    )
     loader = StreamingLoader(
         data.train,
         batch_size=cfg.batch_size,

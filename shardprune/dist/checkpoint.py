@@ -7,15 +7,19 @@ S3, through :mod:`shardprune.storage`). :func:`load_checkpoint` (collective) has
 read it and broadcast it, restores the pinned scores (rank 0's writer first, then the
 replicas), the policy and each rank's own loader state.
 
-World size rule: a checkpoint resumes only under the world size that wrote it. The
-loader's epoch plan cuts the global read order into one contiguous slice per rank, so
-the remaining samples of a half-finished epoch are defined per rank; under another rank
-count they would be visited twice or not at all. A different size is refused with
-:class:`~shardprune.errors.CheckpointMismatchError` showing both sizes. (Resuming at an
-epoch boundary under another size would be well defined; it is not offered yet.)
+World size rule: a checkpoint taken in the middle of an epoch resumes only under the
+world size that wrote it. The loader's epoch plan cuts the global read order into one
+contiguous slice per rank, so the remaining samples of a half-finished epoch are defined
+per rank; under another rank count they would be visited twice or not at all. Such a
+resume is refused with :class:`~shardprune.errors.CheckpointMismatchError` showing both
+sizes. A checkpoint taken when every rank had finished its epoch (``epoch_complete``)
+holds nothing rank-specific that is still to come: it resumes under any world size. The
+scores and the policy are restored, the loader is left unplanned, and the caller goes
+on with ``loader.set_epoch(epoch + 1)``, which plans the next epoch for the new layout
+from the same scores (the per-rank batch size may change too).
 
 Checkpoint format (JSON): ``{"version", "world_size", "epoch", "batches_yielded",
-"loaders" (one ``StreamingLoader.state_dict`` per rank, in rank order), "store"
+"epoch_complete" (every rank had yielded its whole epoch), "loaders" (one ``StreamingLoader.state_dict`` per rank, in rank order), "store"
 (rank 0's ``ScoreStore.state_dict``: the scores pinned in the store), "policy",
 "extra" (the caller's JSON-able data, e.g. the model checkpoint's path)}``. Model and
 optimiser weights are the caller's (``torch.save`` on rank 0); see ``tools/train_ddp.py``.
@@ -39,7 +43,19 @@ if TYPE_CHECKING:  # the loader imports shardprune.dist.world, so no import at r
 
 CHECKPOINT_VERSION = 1
 #: Keys of a checkpoint document, loaded strictly.
-CHECKPOINT_KEYS = ("batches_yielded", "epoch", "extra", "loaders", "policy", "store", "version", "world_size")
+CHECKPOINT_KEYS = (
+    "batches_yielded",
+    "epoch",
+    "epoch_complete",
+    "extra",
+    "loaders",
+    "policy",
+    "store",
+    "version",
+    "world_size",
+)
+#: Loader settings an epoch-end checkpoint may change (the per-rank batch usually scales with the ranks).
+LAYOUT_KEYS = ("batch_size", "rank", "world_size")
 
 
 def _split(url: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> tuple[Storage, str]:
@@ -91,7 +107,11 @@ def save_checkpoint(
     group = scores.group
     store_state = scores.state_dict()
     mine = loader.state_dict()
-    states = [json.loads(p) for p in all_gather_bytes(json.dumps(mine, sort_keys=True).encode(), group)]
+    plan = loader.plan
+    complete = plan is not None and mine["batches_yielded"] == plan.num_batches
+    payload = json.dumps({"state": mine, "complete": complete}, sort_keys=True).encode()
+    gathered = [json.loads(p) for p in all_gather_bytes(payload, group)]
+    states = [g["state"] for g in gathered]
     positions = [(s["epoch"], s["batches_yielded"]) for s in states]
     if len(set(positions)) != 1:
         listing = ", ".join(f"rank {r}: epoch {e} batch {b}" for r, (e, b) in enumerate(positions))
@@ -111,6 +131,7 @@ def save_checkpoint(
         "world_size": dist.get_world_size(group),
         "epoch": positions[0][0],
         "batches_yielded": positions[0][1],
+        "epoch_complete": all(g["complete"] for g in gathered),
         "loaders": states,
         "store": store_state,
         "policy": json.loads(json.dumps(policy, sort_keys=True, default=repr)),
@@ -144,7 +165,9 @@ def _parse(data: bytes, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except ValueError as exc:
-        raise CheckpointMismatchError(f"checkpoint {where} is not JSON ({exc}); it is not a shardprune checkpoint") from exc
+        raise CheckpointMismatchError(
+            f"checkpoint {where} is not JSON ({exc}); it is not a shardprune checkpoint"
+        ) from exc
     if not isinstance(doc, dict) or sorted(doc) != sorted(CHECKPOINT_KEYS):
         keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
         raise CheckpointMismatchError(f"checkpoint {where} has keys {keys}, expected {sorted(CHECKPOINT_KEYS)}")
@@ -153,6 +176,18 @@ def _parse(data: bytes, where: str) -> dict[str, Any]:
             f"checkpoint {where} has version {doc['version']} (in checkpoint), {CHECKPOINT_VERSION} (now)"
         )
     return doc
+
+
+def _check_layout_only(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
+    diffs = [
+        f"{k}: {saved.get(k)!r} (in checkpoint) vs {now.get(k)!r} (now)"
+        for k in sorted(set(saved) | set(now))
+        if k not in LAYOUT_KEYS and saved.get(k) != now.get(k)
+    ]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {where} was made under another loader configuration: " + "; ".join(diffs)
+        )
 
 
 def load_checkpoint(
@@ -171,12 +206,13 @@ def load_checkpoint(
         storage_options: fsspec options for a remote ``url``.
 
     Returns:
-        The checkpoint's ``extra`` data.
+        The checkpoint's ``extra`` data. Under the same world size the loader stands
+        where the checkpoint was taken; after an epoch-end checkpoint of another world
+        size it is unplanned: continue with ``loader.set_epoch(epoch + 1)``.
 
     Raises:
-        CheckpointMismatchError: the checkpoint was written under another world size
-            (both sizes are named), another configuration or other scores; raised on
-            every rank.
+        CheckpointMismatchError: a mid-epoch checkpoint of another world size (both
+            sizes are named), another configuration or other scores; raised on every rank.
     """
     require_initialized()
     group = scores.group
@@ -195,19 +231,25 @@ def load_checkpoint(
             error = exc
     _raise_together(error, group, f"reading checkpoint {where}")
     doc = _parse(broadcast_bytes(data, 0, group), where)
-    if doc["world_size"] != world:
+    relayout = doc["world_size"] != world
+    if relayout and not doc["epoch_complete"]:
         raise CheckpointMismatchError(
             f"checkpoint {where} was written by a job of world_size={doc['world_size']} ranks (in checkpoint); "
-            f"this job has world_size={world} (now). The epoch plan gives each rank a contiguous slice of the "
-            f"read order, so a run resumes only with the same rank count: relaunch with {doc['world_size']} ranks "
-            "(e.g. torchrun --nproc-per-node), or start a new run"
+            f"this job has world_size={world} (now), and the checkpoint is in the middle of epoch {doc['epoch']} "
+            f"(batch {doc['batches_yielded']}). The epoch plan gives each rank a contiguous slice of the read "
+            f"order, so a half-done epoch resumes only with the same rank count: relaunch with "
+            f"{doc['world_size']} ranks (e.g. torchrun --nproc-per-node), or resume from a checkpoint taken at the "
+            "end of an epoch, which any world size can continue"
         )
+    if relayout:
+        _check_layout_only(doc["loaders"][0]["config"], loader.config(), where)
     scores.load_state_dict(doc["store"])
     error = None
     try:
         if callable(getattr(loader.policy, "load_state_dict", None)) and doc["policy"]:
             loader.policy.load_state_dict(doc["policy"])
-        loader.load_state_dict(doc["loaders"][rank])
+        if not relayout:
+            loader.load_state_dict(doc["loaders"][rank])
     except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
         error = exc
     _raise_together(error, group, f"restoring the loader from {where}")

@@ -2,9 +2,9 @@
 
 Tensors live on the process group's device: the current CUDA device for nccl, the CPU
 for gloo (and any other backend). Variable-length payloads are padded to the longest
-rank's length and cut back with the gathered counts. Ids are always gathered as int64:
-never through a float dtype (InfoBatch's DDP path does ``cat([ids, losses])`` and so
-rounds ids above 2**24 in fp32).
+rank's length and cut back with the gathered counts. Ids always travel as the bytes of
+int64 values: never through a float dtype (InfoBatch's DDP path does
+``cat([ids, losses])`` and so rounds ids above 2**24 in fp32).
 
 Nothing here pickles: byte payloads (JSON) travel as uint8 tensors.
 """
@@ -22,6 +22,8 @@ from shardprune.errors import DistributedError
 
 #: A process group, or None for the default (WORLD) group.
 Group = Any
+#: Bytes per exchanged report: an int64 id and a float32 loss.
+REPORT_BYTES = 8 + 4
 
 
 def require_initialized() -> None:
@@ -102,7 +104,10 @@ class GatheredReports:
 def exchange_reports(
     ids: torch.Tensor, losses: torch.Tensor, group: Group = None, counts: list[int] | None = None
 ) -> GatheredReports:
-    """All-gather variable-length reports: counts, then padded ids (int64) and losses (float32).
+    """All-gather variable-length reports: counts, then one padded all-gather of their bytes.
+
+    Each rank sends its ids' int64 bytes followed by its losses' float32 bytes; the
+    receivers reinterpret (never convert) them, so ids of any size arrive exactly.
 
     Args:
         ids: 1-D integer tensor of this rank's sample ids, on the group's device.
@@ -124,12 +129,88 @@ def exchange_reports(
         )
     if counts is None:
         counts = [int(c) for c in all_gather_ints([int(ids.shape[0])], group)[:, 0]]
-    g_ids = all_gather_varlen(ids.to(torch.int64), counts, group)
-    g_losses = all_gather_varlen(losses.to(torch.float32), counts, group)
-    host_ids = torch.cat(g_ids).cpu().numpy() if g_ids else np.empty(0, np.int64)
-    host_losses = torch.cat(g_losses).cpu().numpy() if g_losses else np.empty(0, np.float32)
-    received = len(counts) * max(counts, default=0) * (8 + 4)
-    return GatheredReports(host_ids.astype(np.int64, copy=False), host_losses, list(counts), received)
+    if counts[dist.get_rank(group)] != ids.shape[0]:
+        raise DistributedError(
+            f"counts[{dist.get_rank(group)}]={counts[dist.get_rank(group)]} but this rank has {ids.shape[0]} reports"
+        )
+    parts = all_gather_varlen(pack_reports(ids, losses), [c * REPORT_BYTES for c in counts], group)
+    out_ids, out_losses = unpack_reports([p.cpu() for p in parts], counts)
+    return GatheredReports(out_ids, out_losses, list(counts), len(counts) * max(counts, default=0) * REPORT_BYTES)
+
+
+def pack_reports(ids: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    """uint8[12 n]: the raw bytes of the int64 ids, then of the float32 losses."""
+    return torch.cat(
+        [ids.to(torch.int64).contiguous().view(torch.uint8), losses.to(torch.float32).contiguous().view(torch.uint8)]
+    )
+
+
+def unpack_reports(parts: list[torch.Tensor], counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`pack_reports` over every rank's (host) part: ids and losses in rank order.
+
+    Bytes are reinterpreted, never converted, so an id cannot pass through a float dtype.
+    """
+    if not parts or sum(counts) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    ids = torch.cat([p[: 8 * c].view(torch.int64) for p, c in zip(parts, counts)])
+    losses = torch.cat([p[8 * c : REPORT_BYTES * c].view(torch.float32) for p, c in zip(parts, counts)])
+    return ids.numpy(), losses.numpy()
+
+
+@dataclass(frozen=True)
+class HeadedExchange:
+    """The result of :func:`exchange_with_headers`.
+
+    Attributes:
+        headers: int64[world, H], every rank's header (its first word is its report count).
+        reports: Every rank's reports in rank order.
+        capacity: The report capacity every rank uses for the next exchange.
+        collectives: Collectives used (1, or 2 when a rank had more than the capacity).
+    """
+
+    headers: np.ndarray
+    reports: GatheredReports
+    capacity: int
+    collectives: int
+
+
+def exchange_with_headers(
+    header: list[int], ids: torch.Tensor, losses: torch.Tensor, capacity: int, group: Group = None
+) -> HeadedExchange:
+    """Headers and reports of every rank, in one collective while the counts fit ``capacity``.
+
+    Every rank sends ``header`` (int64 words, ``header[0] == len(ids)``) and, if its
+    reports fit, their bytes padded to ``capacity`` reports, as one uint8 message of the
+    same size on every rank. When a rank has more, the gathered headers tell every rank
+    so and a second, padded all-gather carries the reports. The capacity for the next
+    call follows the largest count (it grows at once and shrinks when 4x too large), so
+    every rank derives the same capacity from the same headers. ``capacity`` must be the
+    same on every rank (start from 0).
+    """
+    n = int(ids.shape[0])
+    if header[0] != n:
+        raise DistributedError(f"header[0]={header[0]} must be the report count {n}")
+    head = torch.tensor(header, dtype=torch.int64, device=ids.device).view(torch.uint8)
+    body = pack_reports(ids, losses) if 0 < n <= capacity else torch.empty(0, dtype=torch.uint8, device=ids.device)
+    message = torch.cat([head, pad_to(body, capacity * REPORT_BYTES)])
+    gathered = torch.stack(all_gather_1d(message, group)).cpu()
+    width = head.shape[0]
+    headers = gathered[:, :width].contiguous().view(torch.int64).numpy().copy()
+    counts = [int(c) for c in headers[:, 0]]
+    received = gathered.numel()
+    collectives = 1
+    if max(counts) <= capacity:
+        out_ids, out_losses = unpack_reports([g[width:] for g in gathered], counts)
+    else:
+        parts = all_gather_varlen(pack_reports(ids, losses), [c * REPORT_BYTES for c in counts], group)
+        out_ids, out_losses = unpack_reports([p.cpu() for p in parts], counts)
+        received += len(counts) * max(counts) * REPORT_BYTES
+        collectives = 2
+    longest = max(counts)
+    next_capacity = longest if longest > capacity or 4 * longest < capacity else capacity
+    return HeadedExchange(
+        headers, GatheredReports(out_ids, out_losses, counts, received), next_capacity, collectives
+    )
 
 
 def all_gather_bytes(data: bytes, group: Group = None) -> list[bytes]:
@@ -147,8 +228,8 @@ def broadcast_bytes(data: bytes | None, src: int = 0, group: Group = None) -> by
     size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=device)
     dist.broadcast(size, src=src, group=group)
     n = int(size.item())
-    if dist.get_rank(group) == src and data is not None:
-        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if n else torch.empty(0, dtype=torch.uint8)
+    if dist.get_rank(group) == src and data:
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
     else:
         buf = torch.empty(n, dtype=torch.uint8, device=device)
     if n:

@@ -5,8 +5,9 @@ process that commits to the zarr store, so no two writers ever touch a chunk), e
 other rank an in-memory replica (``writer=False``). Reports are buffered where they
 were computed (on the GPU under nccl: no per-step device sync) and exchanged in a
 :meth:`DistributedScores.sync`: an all-gather of per-rank headers (count, epochs,
-skipped), then one padded all-gather of the ids (int64) and one of the losses
-(float32). Every rank then applies all ranks' reports *in rank order* through
+skipped), then one padded all-gather of the reports' bytes (each rank's int64 ids
+followed by its float32 losses: reinterpreted on arrival, never converted, so ids never
+pass through a float dtype). Every rank then applies all ranks' reports *in rank order* through
 ``ScoreStore.apply``, so the replicas stay bit-identical, and equal to one process fed
 the same reports. What is exchanged is bounded by the samples visited (12 bytes per
 report and rank), never by the dataset size.
@@ -77,7 +78,8 @@ class DistributedScores:
         require_initialized()
         if not isinstance(store, ScoreStore):
             raise ConfigError(f"store={store!r} must be a shardprune ScoreStore")
-        if sync_every is not None and (isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1):
+        bad_every = isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1
+        if sync_every is not None and bad_every:
             raise ConfigError(f"sync_every={sync_every!r} must be an int >= 1 (samples per rank), or None")
         self.store = store
         self.group = group

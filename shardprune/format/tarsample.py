@@ -34,6 +34,50 @@ def member_end(info: tarfile.TarInfo) -> int:
     return info.offset_data + -(-info.size // BLOCK) * BLOCK
 
 
+_ZERO_BLOCK = bytes(BLOCK)
+#: Type flags of regular files; of members whose name or size lives in another header
+#: (GNU long names, pax headers), left to ``tarfile``.
+_REGULAR = frozenset({b"0", b"\0", b"7"})
+_EXTENDED = frozenset({b"L", b"K", b"x", b"g"})
+
+
+def _ustar_members(data: bytes, where: str) -> list[tuple[str, bytes]] | None:
+    """The ``(name, bytes)`` of the regular members of a plain ustar stream, or None.
+
+    A direct read of the 512-byte headers (name, prefix, octal size, type flag), about
+    ten times faster than ``tarfile`` per sample; header checksums are not checked, as
+    the sample's CRC32 was. None for anything ``tarfile`` must handle (pax or GNU long
+    name headers, base-256 sizes).
+    """
+    out: list[tuple[str, bytes]] = []
+    pos, n = 0, len(data)
+    view = memoryview(data)
+    while pos + BLOCK <= n:
+        header = bytes(view[pos : pos + BLOCK])
+        if header == _ZERO_BLOCK:
+            break
+        flag = header[156:157]
+        if flag in _EXTENDED or header[124] & 0x80:
+            return None
+        raw_size = header[124:136].split(b"\0", 1)[0].strip()
+        try:
+            size = int(raw_size, 8) if raw_size else 0
+        except ValueError:
+            raise CorruptSampleError(f"{where}: not a tar member (bad size field {raw_size!r})") from None
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar":
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+        start = pos + BLOCK
+        if start + size > n:
+            raise CorruptSampleError(f"{where}: not a tar member (member {name!r} runs past the sample's range)")
+        if flag in _REGULAR:
+            out.append((name.decode("utf-8", "surrogateescape"), bytes(view[start : start + size])))
+        pos = start + -(-size // BLOCK) * BLOCK
+    return out
+
+
 def parse_sample(data: bytes, where: str) -> tuple[str, dict[str, bytes]]:
     """Return ``(key, {extension: bytes})`` of the tar members in ``data``.
 
@@ -46,6 +90,18 @@ def parse_sample(data: bytes, where: str) -> tuple[str, dict[str, bytes]]:
     """
     fields: dict[str, bytes] = {}
     key: str | None = None
+    members = _ustar_members(data, where)
+    if members is not None:
+        for name, value in members:
+            k, ext = split_key(name)
+            if key is None:
+                key = k
+            elif k != key:
+                raise CorruptSampleError(f"{where}: members of two keys {key!r} and {k!r} in one sample")
+            fields[ext] = value
+        if key is None:
+            raise CorruptSampleError(f"{where}: no tar member found in the sample's byte range")
+        return key, fields
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar:

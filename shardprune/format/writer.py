@@ -366,6 +366,9 @@ class DatasetWriter:
         """Check the output, clear leftovers of an interrupted run, return a fresh staging dir."""
         st = self.storage
         if not st.is_local:
+            # Touch the store before converting anything, so a wrong endpoint or missing
+            # credentials fail in seconds rather than after the last shard.
+            st.exists(HEADER_NAME)
             return tempfile.mkdtemp(prefix="shardprune-staging-")
         if os.path.exists(st.root) and not os.path.isdir(st.root):
             raise OutputExistsError(f"output {st.root!r} is a file; pass a directory path")

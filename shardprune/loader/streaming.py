@@ -61,6 +61,8 @@ MP_CONTEXTS = ("forkserver", "spawn")
 #: starts with torch and the fetch code loaded instead of importing them itself (seconds
 #: per worker and per epoch on a busy machine).
 FORKSERVER_PRELOAD = ("numpy", "torch", "shardprune.loader.fetch")
+#: Added for remote datasets: the object-store client stack (a missing one is skipped).
+FORKSERVER_PRELOAD_REMOTE = ("fsspec", "s3fs", "aiobotocore.session")
 
 
 class SnapshotSource(Protocol):
@@ -186,7 +188,7 @@ class StreamingLoader:
             )
         self.multiprocessing_context = multiprocessing_context
         if self.num_workers > 0 and multiprocessing_context == "forkserver":
-            _preload_forkserver()
+            _preload_forkserver(FORKSERVER_PRELOAD + (() if local else FORKSERVER_PRELOAD_REMOTE))
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.mixup = bool(mixup)
         self.fetcher = UnitFetcher(
@@ -204,6 +206,7 @@ class StreamingLoader:
         self.epoch_stats = EpochStats()
         self._start = 0
         self._yielded = 0
+        self._resume_pending = False
         self._active: list[BaseNode[Any]] = []
 
     # -- configuration and planning -------------------------------------------------------
@@ -263,10 +266,18 @@ class StreamingLoader:
         self._start = self._yielded = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Freeze the scores, decide what to keep and plan ``epoch`` (0 <= epoch < num_epochs)."""
+        """Freeze the scores, decide what to keep and plan ``epoch`` (0 <= epoch < num_epochs).
+
+        Right after :meth:`load_state_dict`, ``set_epoch`` of the checkpoint's epoch keeps
+        the resume point (the usual ``for epoch in range(start, E): set_epoch(epoch)`` loop
+        then continues the epoch instead of replaying it); any other epoch plans afresh.
+        """
         epoch = _check_int("epoch", epoch, 0)
         if epoch >= self.num_epochs:
             raise ConfigError(f"epoch={epoch} is outside 0..{self.num_epochs - 1} (num_epochs={self.num_epochs})")
+        resumed, self._resume_pending = self._resume_pending, False
+        if resumed and self.plan is not None and self.plan.epoch == epoch:
+            return
         self._plan_epoch(epoch, self._freeze())
 
     def _current(self) -> EpochPlan:
@@ -341,6 +352,7 @@ class StreamingLoader:
         plan = self._current()
         start = self._start
         self._start = 0  # iterating again replays the epoch from its start
+        self._resume_pending = False
         self.shutdown()
         root, nodes = self._pipeline(plan, start)
         self._active = nodes
@@ -436,6 +448,7 @@ class StreamingLoader:
             )
         self._start = self._yielded = cursor
         self.epoch_stats.batches = cursor
+        self._resume_pending = True
 
     def _snapshot_for(self, fingerprint: str) -> ScoreSnapshot:
         if self.store is None:
@@ -451,17 +464,18 @@ class StreamingLoader:
         return snap
 
 
-def _preload_forkserver() -> None:
-    """Add :data:`FORKSERVER_PRELOAD` to the forkserver's preload list (kept: the user's).
+def _preload_forkserver(modules: tuple[str, ...]) -> None:
+    """Add ``modules`` to the forkserver's preload list (the user's entries are kept).
 
     Takes effect only if the process's forkserver has not started yet; otherwise the
-    workers still work, they just import what they need themselves.
+    workers still work, they just import what they need themselves. The forkserver
+    skips a module that fails to import.
     """
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)
     current = list(getattr(server, "_preload_modules", ["__main__"]))
-    missing = [m for m in FORKSERVER_PRELOAD if m not in current]
+    missing = [m for m in modules if m not in current]
     if missing:
         forkserver.set_forkserver_preload(current + missing)
 
