@@ -4,10 +4,19 @@ load time of a large manifest.
     python benchmarks/make_shards_bench.py generate   # the ImageFolder (once, cached)
     python benchmarks/make_shards_bench.py convert    # shardprune vs ShardWriter, same input
     python benchmarks/make_shards_bench.py manifest   # load 1.3M manifest rows, median of 5
-    python benchmarks/make_shards_bench.py all
+    python benchmarks/make_shards_bench.py all --runs 5
+
+On a shared machine, run it under ``flock /tmp/sp_bench.lock``. Results and their analysis:
+``benchmarks/RESULTS_make_shards.md``.
+
+convert: ``tools/make_shards.py imagefolder`` (in process, ``--workers 1`` and ``2``) and
+``webdataset.ShardWriter`` (single process; with and without an fsync of each shard) write
+the same files into shards of the same size on the same disk, ``--runs`` times each,
+interleaved; the input is read once first so every run finds it in the page cache. Zarr
+shards do not apply: they hold fixed-shape arrays, not encoded JPEG bytes.
 
 Input: an ImageNet-like ImageFolder of ``--num-images`` JPEGs (default 20,000; 100 classes;
-smooth-noise pictures 300-500 px a side, quality 90, about 50-200 KB each) generated with a
+smooth-noise pictures 300-500 px a side, quality 90, 43-118 KB each, 76 KB mean) generated with a
 process pool under ``.bench/imagefolder`` (git-ignored). A ``.complete`` marker is written
 last, so a reader (this script, or another benchmark that reuses the folder) can tell a
 finished folder from an interrupted one.
@@ -273,19 +282,19 @@ def manifest_bench(work: Path, num_rows: int, runs: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run under flock /tmp/sp_bench.lock on a shared machine.",
     )
     parser.add_argument("step", choices=["generate", "convert", "manifest", "all"])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="ImageFolder location")
-    parser.add_argument("--num-images", type=int, default=20_000)
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--num-images", type=int, default=20_000, help="images to generate (default 20000)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="generate: pool size")
     parser.add_argument("--work", type=Path, default=REPO / ".bench" / "work",
                         help="where outputs are written (same disk as --root by default)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per writer (default 3, median reported)")
     parser.add_argument("--max-bytes", type=int, default=256 * 2**20, help="shard size limit (default 256 MiB)")
-    parser.add_argument("--manifest-rows", type=int, default=1_300_000)
-    parser.add_argument("--manifest-runs", type=int, default=5)
+    parser.add_argument("--manifest-rows", type=int, default=1_300_000, help="manifest rows (default 1.3M)")
+    parser.add_argument("--manifest-runs", type=int, default=5, help="timed loads (default 5, median reported)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.manifest_runs < 1:
         parser.error("--runs and --manifest-runs must be >= 1")

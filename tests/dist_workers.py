@@ -85,6 +85,7 @@ def exchange(rank: int, world: int, out: Path, *, store: str) -> None:
     copy directly) and a store that rank 0 cannot open.
     """
     from shardprune.dist import DistributedScores, exchange_reports
+    from shardprune.dist.collectives import exchange_with_headers
     from shardprune.errors import DistributedError, ScoreStoreMismatchError
 
     big = [2**24 + 1, 2**40 + 3, 2**62 + 5 + rank, 2**53 + 1]
@@ -96,6 +97,13 @@ def exchange(rank: int, world: int, out: Path, *, store: str) -> None:
         exchange_reports(ids.to(torch.float32), losses)
     except DistributedError as exc:
         refused = str(exc)
+    headed = []
+    capacity = 0
+    for _ in range(2):  # the first call learns the capacity (2 collectives), the second needs 1
+        done = exchange_with_headers([int(ids.shape[0]), 10 + rank], ids, losses, capacity)
+        capacity = done.capacity
+        same = done.reports.ids.tolist() == got.ids.tolist() and done.reports.losses.tolist() == got.losses.tolist()
+        headed.append({"same": same, "collectives": done.collectives, "tags": done.headers[:, 1].tolist()})
     scores = DistributedScores.open(store, 100, "fp", flush_interval_s=None)
     scores.update(torch.tensor([rank]), torch.tensor([1.0]))
     if rank == 1:
@@ -114,6 +122,8 @@ def exchange(rank: int, world: int, out: Path, *, store: str) -> None:
     except DistributedError as exc:
         open_error = f"distributed: {exc}"
     doc = {
+        "headed": headed,
+        "capacity": capacity,
         "diverged": diverged,
         "open_error": open_error,
         "ids": [int(i) for i in got.ids.tolist()],

@@ -57,6 +57,14 @@ def test_sigkill_one_rank_then_resume_all_ranks(tmp_path: Path) -> None:
     # Enough checkpoints were pinned to push out old pins; the epoch's plan pin survived.
     assert len(_log(out, "kill", 0)) > MAX_PINS * 2
 
+    # The mid-epoch checkpoint under 4 ranks: refused on every rank, naming both sizes.
+    codes = launch("wrong_world", 4, tmp_path, data=data, **job_files)
+    wrong = tmp_path / "out-wrong_world-4"
+    assert codes == [0] * 4, errors(wrong)
+    for r in range(4):
+        message = json.loads((wrong / f"rank{r}.json").read_text())["message"]
+        assert "world_size=2" in message and "world_size=4" in message and "relaunch with 2 ranks" in message
+
     codes = launch("resumable", WORLD, tmp_path, data=data, mode="resume", **job_files)
     assert codes == [0] * WORLD, errors(out)
     for rank in range(WORLD):
@@ -68,14 +76,6 @@ def test_sigkill_one_rank_then_resume_all_ranks(tmp_path: Path) -> None:
     runs = [(m, r) for m in ("reference", "resume") for r in range(WORLD)]
     finals = {json.loads((out / f"{m}-final{r}.json").read_text())["final"] for m, r in runs}
     assert len(finals) == 1, "the resumed job ended with other scores than the uninterrupted one"
-
-    # The same checkpoint under 4 ranks: refused on every rank, naming both sizes.
-    codes = launch("wrong_world", 4, tmp_path, data=data, **job_files)
-    wrong = tmp_path / "out-wrong_world-4"
-    assert codes == [0] * 4, errors(wrong)
-    for r in range(4):
-        message = json.loads((wrong / f"rank{r}.json").read_text())["message"]
-        assert "world_size=2" in message and "world_size=4" in message and "relaunch with 2 ranks" in message
 
 
 def test_read_checkpoint_errors(tmp_path: Path) -> None:

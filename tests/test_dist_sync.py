@@ -49,6 +49,10 @@ def test_exchange_keeps_int64_ids_above_2_pow_24(tmp_path: Path, world: int) -> 
         assert doc["counts"] == [2 + r % 4 for r in range(world)]
         assert doc["losses"] == pytest.approx(expect_losses)
         assert "float32" in doc["refused"] and "2**24" in doc["refused"]
+        # Headers and reports in one message once every rank knows the capacity.
+        assert [h["collectives"] for h in doc["headed"]] == [2, 1]
+        assert all(h["same"] and h["tags"] == [10 + r for r in range(world)] for h in doc["headed"])
+        assert doc["capacity"] == max(2 + r % 4 for r in range(world))
     docs = _results(out, world)
     # Rank 1 fed its copy behind DistributedScores' back: every rank refuses the snapshot.
     assert all("ranks [1] froze a different score snapshot" in d["diverged"] for d in docs)
@@ -121,7 +125,7 @@ def test_ranks_share_one_score_state(tmp_path: Path, world: int, drop_last: bool
     assert {doc["final"] for doc in ranks} == {reference[-1]}
     syncs = ranks[0]["stats"]["syncs"]
     if sync_every is None:
-        assert syncs == num_epochs  # one exchange per epoch, at the next snapshot / the end
+        assert syncs == num_epochs + 1  # one exchange per snapshot (every epoch start and the end)
     else:
         assert syncs > num_epochs * 2
     visited = sum(len(doc["epochs"][e]["ids"]) for doc in ranks for e in range(num_epochs))

@@ -35,9 +35,26 @@ def _command(src: Path, out: Path, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _kill_when_shards_appear(cmd: list[str], out: Path, min_shards: int, timeout: float = 60.0) -> int:
-    """Start ``cmd`` in its own process group, SIGKILL the group once ``min_shards`` shards are staged."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+def _default_sigint() -> None:
+    # A child of a shell job that ignores SIGINT would inherit the ignoring; Ctrl-C must reach it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _kill_when_shards_appear(
+    cmd: list[str], out: Path, min_shards: int, timeout: float = 60.0, sig: int = signal.SIGKILL
+) -> tuple[int, str]:
+    """Start ``cmd`` in its own process group, signal the group once ``min_shards`` shards are staged.
+
+    Returns the exit status and the command's stderr.
+    """
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
     staged = out / STAGING_NAME / "shards"
     deadline = time.monotonic() + timeout
     try:
@@ -46,14 +63,13 @@ def _kill_when_shards_appear(cmd: list[str], out: Path, min_shards: int, timeout
                 break
             time.sleep(0.005)
         finished_first = proc.poll() is not None
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         finished_first = True
-    proc.wait(timeout=30)
+    _, err = proc.communicate(timeout=60)
     if finished_first:
-        pytest.fail(f"conversion ended before it could be killed: rc={proc.returncode}, {proc.stderr.read()!r}")  # type: ignore[union-attr]
-    proc.stderr.close()  # type: ignore[union-attr]
-    return proc.returncode
+        pytest.fail(f"conversion ended before it could be interrupted: rc={proc.returncode}, {err!r}")
+    return proc.returncode, err
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -65,7 +81,7 @@ def test_killed_conversion_is_not_a_dataset_and_rerun_finishes(tmp_path: Path, w
     clean, out = tmp_path / "clean", tmp_path / "out"
     subprocess.run(_command(tmp_path / "in.npz", clean, 2), check=True, capture_output=True, timeout=300)
 
-    rc = _kill_when_shards_appear(_command(tmp_path / "in.npz", out, workers), out, min_shards=3)
+    rc, _ = _kill_when_shards_appear(_command(tmp_path / "in.npz", out, workers), out, min_shards=3)
     assert rc == -signal.SIGKILL
     assert not (out / HEADER_NAME).exists()
     with pytest.raises(DatasetNotFoundError, match="re-running it"):
@@ -78,3 +94,18 @@ def test_killed_conversion_is_not_a_dataset_and_rerun_finishes(tmp_path: Path, w
     ds = ShardedDataset(out)
     for i in (0, 2999, 5999):
         assert ds.read_sample(i)["label"] == ds.labels[i]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_exits_130_with_one_line_and_leaves_no_dataset(tmp_path: Path, workers: int) -> None:
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "in.npz", x=rng.integers(0, 255, (6000, 2048), dtype=np.uint8), y=rng.integers(0, 10, 6000))
+    out = tmp_path / "out"
+    cmd = _command(tmp_path / "in.npz", out, workers)
+    rc, err = _kill_when_shards_appear(cmd, out, min_shards=3, sig=signal.SIGINT)
+    assert rc == 130, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "interrupted; re-run the same command" in err, err
+    assert not (out / HEADER_NAME).exists() and not (out / STAGING_NAME).exists()
+    rerun = subprocess.run(_command(tmp_path / "in.npz", out, workers), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(ShardedDataset(out)) == 6000

@@ -124,9 +124,9 @@ def test_ranks_disjoint_union_is_kept_set(tar_ds: Path) -> None:
 def test_len_stats_and_bytes_read_equal_the_plan(tar_ds: Path) -> None:
     ds = open_dataset(tar_ds)
     lengths = np.asarray(ds.manifest.length, dtype=np.int64)
-    for drop_last, max_gap in ((True, 0), (False, 0), (True, 1 << 20)):
+    for drop_last, max_gap, budget in ((True, 0, None), (False, 0, None), (True, 1 << 20, None), (True, 0, 0.3)):
         with _loader(tar_ds, policy=make_policy("random", prune_ratio=0.5), store=SeenStore(), drop_last=drop_last,
-                     max_gap=max_gap, batch_size=10) as loader:
+                     max_gap=max_gap, gap_budget=budget, batch_size=10) as loader:
             loader.set_epoch(0)
             planned = len(loader)
             summary = summarize(loader.read_units())
@@ -140,7 +140,14 @@ def test_len_stats_and_bytes_read_equal_the_plan(tar_ds: Path) -> None:
             assert (s.bytes_read, s.requests, s.gap_bytes) == (summary.bytes_read, summary.requests, summary.gap_bytes)
             slots = np.unique(loader.plan.order)  # each slot read once, pads included
             assert s.bytes_kept == int(lengths[loader.plan.slot_ids[slots]].sum())
-            if max_gap == 0:
+            if budget is not None:
+                # Read-through gaps within 30% of the planned bytes, for fewer requests.
+                assert 0 < s.gap_bytes <= 0.3 * s.bytes_kept and s.bytes_read == s.bytes_kept + s.gap_bytes
+                assert s.requests < summarize(
+                    _loader(tar_ds, policy=make_policy("random", prune_ratio=0.5), store=SeenStore(),
+                            batch_size=10).read_units()
+                ).requests
+            elif max_gap == 0:
                 assert s.bytes_read == s.bytes_kept and s.gap_bytes == 0
             else:
                 assert s.gap_bytes > 0 and s.bytes_read == s.bytes_kept + s.gap_bytes
@@ -226,6 +233,7 @@ def test_bad_arguments_name_value_and_range(tar_ds: Path) -> None:
         ({"multiprocessing_context": "fork"}, ConfigError, r"'fork' is not one of \('forkserver', 'spawn'\)"),
         ({"fields": ["nope"]}, ConfigError, r"unknown field\(s\) \['nope'\]; the dataset has \['cls', 'npy'\]"),
         ({"max_gap": -5}, ConfigError, r"max_gap=-5 must be an int >= 0"),
+        ({"gap_budget": -0.1}, ConfigError, r"gap_budget=-0.1 must be a number in \[0, 10\]"),
         ({"policy": "bogus"}, ConfigError, r"unknown pruning policy 'bogus'; choose one of"),
         ({"store": object()}, ConfigError, r"has no snapshot\(\) method"),
         ({"shuffle_buffer": 0}, ConfigError, r"shuffle_buffer=0 must be an int >= 1"),

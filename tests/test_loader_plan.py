@@ -121,10 +121,11 @@ def test_ranks_disjoint_cover_kept_equal_batches(
     keep_frac=st.floats(0.05, 1.0),
     max_gap=st.sampled_from([0, 1, 100, 5000]),
     max_block=st.sampled_from([1, 700, 3000, 1 << 20]),
+    gap_budget=st.sampled_from([0.0, 0.1, 0.5, 3.0]),
     seed=st.integers(0, 1000),
 )
 def test_plan_reads_serves_each_slot_once(
-    n: int, shards: int, keep_frac: float, max_gap: int, max_block: int, seed: int
+    n: int, shards: int, keep_frac: float, max_gap: int, max_block: int, gap_budget: float, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     shard = np.sort(rng.integers(0, shards, n))
@@ -136,7 +137,7 @@ def test_plan_reads_serves_each_slot_once(
     keep = rng.random(n) < keep_frac
     ids = np.flatnonzero(keep)
     slots = np.arange(ids.size)
-    units = plan_reads(slots, ids, shard, offset, length, max_gap=max_gap, max_block=max_block)
+    units = plan_reads(slots, ids, shard, offset, length, max_gap=max_gap, max_block=max_block, gap_budget=gap_budget)
     served = [s for u in units for b in u.blocks for s in b.slots]
     assert served == slots.tolist()
     for u in units:
@@ -149,8 +150,13 @@ def test_plan_reads_serves_each_slot_once(
     assert total.sample_bytes == int(length[ids].sum()) and total.samples == ids.size
     assert total.bytes_read == total.sample_bytes + total.gap_bytes
     if max_gap == 0:
-        assert total.gap_bytes == 0
-    if max_block >= 1 << 20 and ids.size:
+        # Only the budget bridges gaps, and never beyond it.
+        assert total.gap_bytes <= gap_budget * total.sample_bytes
+        assert gap_budget > 0 or total.gap_bytes == 0
+    if gap_budget > 0:
+        plain = summarize(plan_reads(slots, ids, shard, offset, length, max_gap=max_gap, max_block=max_block))
+        assert total.requests <= plain.requests and total.gap_bytes >= plain.gap_bytes
+    if max_block >= 1 << 20 and ids.size and gap_budget == 0:
         # Without a block cap, a request ends exactly where the shard changes or a gap exceeds max_gap.
         gaps = offset[ids][1:] - (offset[ids] + length[ids])[:-1]
         breaks = (shard[ids][1:] != shard[ids][:-1]) | (gaps > max_gap)
@@ -168,6 +174,10 @@ def test_adjacent_samples_merge_and_gaps_are_counted() -> None:
     assert (merged.requests, merged.bytes_read, merged.gap_bytes) == (1, 600, 200)
     capped = summarize(plan_reads(np.arange(4), ids, shard, offset, length, max_gap=100, max_block=250))
     assert capped.requests == 3 and capped.bytes_read == 400
+    # A budget of 100/400 of the planned bytes bridges one 100-byte gap (the first: ties by position).
+    budget = plan_reads(np.arange(4), ids, shard, offset, length, max_gap=0, max_block=1 << 20, gap_budget=0.25)
+    assert [(b.offset, b.length) for u in budget for b in u.blocks] == [(0, 400), (500, 100)]
+    assert summarize(budget).gap_bytes == 100
 
 
 def test_bad_plan_arguments() -> None:

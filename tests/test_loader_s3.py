@@ -54,17 +54,23 @@ def _opts(s3_server: Any, endpoint: str | None = None) -> dict[str, Any]:
 def test_s3_epoch_equals_local_epoch(datasets: tuple[Path, str], s3_server: Any) -> None:
     local, url = datasets
     want, local_stats = _run(local)
-    for workers, max_gap in ((0, 0), (2, None)):
-        got, stats = _run(url, storage_options=s3_server.storage_options, num_workers=workers, max_gap=max_gap)
+    for workers, max_gap, budget in ((0, 0, 0.0), (2, None, None)):
+        got, stats = _run(url, storage_options=s3_server.storage_options, num_workers=workers, max_gap=max_gap,
+                          gap_budget=budget)
         assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
         assert stats["samples_skipped"] == local_stats["samples_skipped"] == N // 2
         assert stats["bytes_not_read"] == local_stats["bytes_not_read"]
         if max_gap == 0:
             assert (stats["bytes_read"], stats["requests"]) == (local_stats["bytes_read"], local_stats["requests"])
         else:
-            # The remote default bridges pruned samples smaller than 16 KiB: fewer requests, counted gap bytes.
+            # The remote defaults bridge pruned samples smaller than 16 KiB (all of them here, 2 KiB each):
+            # fewer requests, counted gap bytes.
             assert stats["requests"] < local_stats["requests"]
             assert stats["bytes_read"] == stats["bytes_kept"] + stats["gap_bytes"] > stats["bytes_kept"]
+    # With max_gap=0 only the remote gap budget (20% of the planned bytes) bridges gaps.
+    got, stats = _run(url, storage_options=s3_server.storage_options, max_gap=0, gap_budget=None)
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert 0 < stats["gap_bytes"] <= 0.2 * stats["bytes_kept"] and stats["requests"] < local_stats["requests"]
 
 
 @pytest.mark.parametrize(
@@ -83,7 +89,7 @@ def test_transient_faults_still_yield_every_sample_once(
     local, url = datasets
     want, _ = _run(local)
     with FaultProxy(s3_server.endpoint_url, faults=faults) as proxy:
-        got, stats = _run(url, storage_options=_opts(s3_server, proxy.url), num_workers=workers, max_gap=0)
+        got, stats = _run(url, storage_options=_opts(s3_server, proxy.url), num_workers=workers, max_gap=0, gap_budget=0)
     assert [n for n, *_ in proxy.injected] == sorted(faults)  # the faults really happened
     ids = np.concatenate([b[:, 0] for b in got]).astype(int).tolist()
     assert len(ids) == len(set(ids)) == N // 2
@@ -98,7 +104,7 @@ def test_persistent_failure_names_url_and_range(datasets: tuple[Path, str], s3_s
     with FaultProxy(s3_server.endpoint_url, fail_all=fault) as proxy:
         start = time.monotonic()
         with pytest.raises(FetchError) as err:
-            _run(url, storage_options=_opts(s3_server, proxy.url), max_gap=0)
+            _run(url, storage_options=_opts(s3_server, proxy.url), max_gap=0, gap_budget=0)
         elapsed = time.monotonic() - start
     # Raised in the prefetch thread, re-raised here as the same type, the traceback prepended.
     found = re.search(

@@ -101,7 +101,9 @@ def test_benchmark_help(script: str) -> None:
     assert run.returncode == 0 and "usage:" in run.stdout, run.stderr
 
 
-@pytest.mark.parametrize("text,size", [("4096", 4096), ("64M", 64 * 2**20), ("1.5G", 3 * 2**29), ("256MB", 2**28), ("2KiB", 2048)])
+@pytest.mark.parametrize(
+    "text,size", [("4096", 4096), ("64M", 64 * 2**20), ("1.5G", 3 * 2**29), ("256MB", 2**28), ("2KiB", 2048)]
+)
 def test_byte_size(text: str, size: int) -> None:
     assert make_shards.byte_size(text) == size
 
@@ -214,6 +216,12 @@ def test_cifar(tmp_path: Path, variant: str, protocol: int, shard_format: str, c
         assert [int(s["cls"]) for s in decoded] == y
         for i, s in enumerate(decoded):
             np.testing.assert_array_equal(s["png"], x[i])
+    if variant == "cifar100":
+        coarse = convert("cifar", tmp_path / "coarse", root=tmp_path / "c", label_kind="coarse", shard_format=shard_format)
+        assert coarse.num_classes == 20
+        np.testing.assert_array_equal(ShardedDataset(tmp_path / "coarse").labels, np.asarray(y) % 20)
+    (tmp_path / "c" / ("data_batch_3" if variant == "cifar10" else "train")).unlink()
+    _fails(capsys, "cannot read", "cifar", str(tmp_path / "c"), "-o", str(tmp_path / "broken"))
     test = convert("cifar", tmp_path / "test", root=tmp_path / "c", split="test", tar_encoding="npy")
     assert test.num_samples == 6
     np.testing.assert_array_equal(
@@ -465,7 +473,9 @@ def test_real_process_progress_and_errors(tmp_path: Path) -> None:
     assert bad.stderr.strip().count("\n") == 0 and "num_samples=99999 is outside 1..1438" in bad.stderr
 
 
-def test_unusable_object_store_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unusable_object_store_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No credentials for an s3:// output: one line naming the cause and the fix, before any conversion."""
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)

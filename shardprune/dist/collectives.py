@@ -183,7 +183,8 @@ def exchange_with_headers(
     reports fit, their bytes padded to ``capacity`` reports, as one uint8 message of the
     same size on every rank. When a rank has more, the gathered headers tell every rank
     so and a second, padded all-gather carries the reports. The capacity for the next
-    call follows the largest count (it grows at once and shrinks when 4x too large), so
+    call follows the largest count (it grows at once, and shrinks when a non-empty
+    exchange finds it over 4x too large: an empty epoch-end sync keeps it), so
     every rank derives the same capacity from the same headers. ``capacity`` must be the
     same on every rank (start from 0).
     """
@@ -192,7 +193,8 @@ def exchange_with_headers(
         raise DistributedError(f"header[0]={header[0]} must be the report count {n}")
     head = torch.tensor(header, dtype=torch.int64, device=ids.device).view(torch.uint8)
     body = pack_reports(ids, losses) if 0 < n <= capacity else torch.empty(0, dtype=torch.uint8, device=ids.device)
-    message = torch.cat([head, pad_to(body, capacity * REPORT_BYTES)])
+    # Rows of the gathered matrix must start at 8-byte boundaries to view their ids as int64.
+    message = torch.cat([head, pad_to(body, -(-capacity * REPORT_BYTES // 8) * 8)])
     gathered = torch.stack(all_gather_1d(message, group)).cpu()
     width = head.shape[0]
     headers = gathered[:, :width].contiguous().view(torch.int64).numpy().copy()
@@ -207,7 +209,7 @@ def exchange_with_headers(
         received += len(counts) * max(counts) * REPORT_BYTES
         collectives = 2
     longest = max(counts)
-    next_capacity = longest if longest > capacity or 4 * longest < capacity else capacity
+    next_capacity = longest if longest > capacity or 0 < 4 * longest < capacity else capacity
     return HeadedExchange(
         headers, GatheredReports(out_ids, out_losses, counts, received), next_capacity, collectives
     )

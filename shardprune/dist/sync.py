@@ -4,10 +4,11 @@ Each rank holds a copy of the scores: rank 0 the writer :class:`ScoreStore` (the
 process that commits to the zarr store, so no two writers ever touch a chunk), every
 other rank an in-memory replica (``writer=False``). Reports are buffered where they
 were computed (on the GPU under nccl: no per-step device sync) and exchanged in a
-:meth:`DistributedScores.sync`: an all-gather of per-rank headers (count, epochs,
-skipped), then one padded all-gather of the reports' bytes (each rank's int64 ids
-followed by its float32 losses: reinterpreted on arrival, never converted, so ids never
-pass through a float dtype). Every rank then applies all ranks' reports *in rank order* through
+:meth:`DistributedScores.sync`: one all-gather of a uint8 message per rank holding its
+header (count, epochs, skipped) and its reports' bytes (int64 ids, then float32 losses:
+reinterpreted on arrival, never converted, so ids never pass through a float dtype),
+padded to a capacity every rank derives from the previous exchange; a rank with more
+reports than the capacity makes it a second, padded all-gather. Every rank then applies all ranks' reports *in rank order* through
 ``ScoreStore.apply``, so the replicas stay bit-identical, and equal to one process fed
 the same reports. What is exchanged is bounded by the samples visited (12 bytes per
 report and rank), never by the dataset size.
@@ -27,7 +28,7 @@ from shardprune.dist.collectives import (
     agree,
     all_gather_ints,
     all_gather_varlen,
-    exchange_reports,
+    exchange_with_headers,
     group_device,
     require_initialized,
 )
@@ -38,7 +39,6 @@ from shardprune.scores.store import ScoreStore
 #: Default :attr:`DistributedScores.sync_every`: samples accounted (reported or skipped)
 #: per rank between automatic syncs. 65,536 reports buffer 768 KiB on the device.
 DEFAULT_SYNC_EVERY = 65536
-_HEADER = 4  # count, lowest epoch, highest epoch, skipped (mixed)
 
 
 class DistributedScores:
@@ -101,7 +101,14 @@ class DistributedScores:
         self._skipped: dict[str, int] = {}
         self._accounted = 0
         self._marks = 0
-        self.stats: dict[str, int] = {"syncs": 0, "reports_synced": 0, "bytes_received": 0, "max_buffered": 0}
+        self._capacity = 0  # reports per rank that fit the one-collective exchange; the same on every rank
+        self.stats: dict[str, int] = {
+            "syncs": 0,
+            "collectives": 0,
+            "reports_synced": 0,
+            "bytes_received": 0,
+            "max_buffered": 0,
+        }
 
     @classmethod
     def open(
@@ -230,8 +237,14 @@ class DistributedScores:
         self._skipped = {}
         self._ids, self._losses, self._epochs, self._pending = [], [], [], 0
         lo, hi = (int(epochs.min()), int(epochs.max())) if epochs.size else (-1, -1)
-        headers = all_gather_ints([int(ids.shape[0]), lo, hi, skipped], self.group)
-        counts = [int(c) for c in headers[:, 0]]
+        done = exchange_with_headers([int(ids.shape[0]), lo, hi, skipped], ids, losses, self._capacity, self.group)
+        self._capacity = done.capacity
+        headers, gathered = done.headers, done.reports
+        counts = gathered.counts
+        received = gathered.bytes_received
+        self.stats["syncs"] += 1
+        self.stats["collectives"] += done.collectives
+        self.stats["bytes_received"] += received
         total_skipped = int(headers[:, 3].sum())
         if total_skipped:
             self.store.record_skipped(total_skipped, "mixed")
@@ -239,21 +252,18 @@ class DistributedScores:
             return
         live = headers[headers[:, 0] > 0]
         one_epoch = bool((live[:, 1] == live[:, 2]).all() and (live[:, 1] == live[0, 1]).all())
-        gathered = exchange_reports(ids, losses, self.group, counts)
-        received = gathered.bytes_received
         if one_epoch:
             self.store.apply(gathered.ids, gathered.losses, int(live[0, 1]))
         else:
             parts = all_gather_varlen(torch.as_tensor(epochs, device=self.device), counts, self.group)
             all_epochs = torch.cat(parts).cpu().numpy()
-            received += len(counts) * max(counts) * 8
+            self.stats["collectives"] += 1
+            self.stats["bytes_received"] += len(counts) * max(counts) * 8
             # Runs of one epoch, applied in rank order.
             cuts = np.flatnonzero(np.diff(all_epochs)) + 1
             for a, b in zip(np.r_[0, cuts], np.r_[cuts, all_epochs.size]):
                 self.store.apply(gathered.ids[a:b], gathered.losses[a:b], int(all_epochs[a]))
-        self.stats["syncs"] += 1
         self.stats["reports_synced"] += int(sum(counts))
-        self.stats["bytes_received"] += received
 
     # -- snapshots ----------------------------------------------------------------------
     def snapshot(self, *, pin: bool | None = None) -> ScoreSnapshot:

@@ -1,8 +1,8 @@
 """The manifest: one row per sample, the per-sample byte index every read starts from.
 
-Stored as an Arrow IPC file with zstd-compressed buffers. Measured on this project's
-2-core machine for 1.3M rows: 17 MB and 27 ms to load, against 18.5 MB and 39 ms for
-zstd Parquet (see ``benchmarks/make_shards_bench.py``), so Arrow IPC it is.
+Stored as an Arrow IPC file with zstd-compressed buffers: 16.9 MB for 1.3M rows, loaded
+and parsed in a median of 73 ms (104 ms with the header and SHA-256 check) on this
+project's shared 2-core machine under load (``benchmarks/RESULTS_make_shards.md``).
 
 Columns (all non-null):
 

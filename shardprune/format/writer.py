@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -163,6 +164,10 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(source: Source, shard_format: str, compression: str, root: str) -> None:
+    # Ctrl-C reaches the whole process group; the parent handles it (cancels the queued
+    # shards, waits for the running ones, removes the staging directory). A worker that
+    # raised KeyboardInterrupt itself would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(source=source, shard_format=shard_format, compression=compression, root=root)
 
 

@@ -11,6 +11,13 @@ may be fetched concurrently (remote storage).
 With ``max_gap=0`` only samples adjacent on disk are merged, so the bytes read equal
 the bytes of the planned samples exactly (tar samples written back to back are
 adjacent: a sample's range ends where the next one's header starts).
+
+A *gap budget* bridges more gaps where a request costs more than the bytes it would
+skip (object storage): gaps are bridged smallest first, in addition to those of at most
+``max_gap`` bytes, while their total stays within ``gap_budget`` times the bytes of the
+planned samples. Each bridged gap saves exactly one request, so smallest-first saves the
+most requests for the bytes allowed; bytes read stay at most ``1 + gap_budget`` times
+the planned bytes (plus the gaps under ``max_gap``).
 """
 
 from __future__ import annotations
@@ -96,6 +103,7 @@ def plan_reads(
     *,
     max_gap: int,
     max_block: int,
+    gap_budget: float = 0.0,
 ) -> list[ReadUnit]:
     """Group ``slots`` (in read order) into read units of merged blocks.
 
@@ -108,6 +116,8 @@ def plan_reads(
         max_gap: Largest gap in bytes bridged inside one block (>= 0).
         max_block: Largest block and unit span in bytes (>= 1); a single larger sample
             is still read whole, as a block of its own.
+        gap_budget: Further gaps bridged, smallest first, as a fraction of the planned
+            samples' bytes (>= 0; default 0: none).
 
     Returns:
         The read units in read order.
@@ -119,9 +129,12 @@ def plan_reads(
         raise ConfigError(f"max_gap={max_gap} must be >= 0 bytes")
     if max_block < 1:
         raise ConfigError(f"max_block={max_block} must be >= 1 byte")
+    if not gap_budget >= 0:
+        raise ConfigError(f"gap_budget={gap_budget} must be >= 0 (a fraction of the planned bytes; 0 disables it)")
     sh = shard[ids].tolist()
     off = offset[ids].tolist()
     ln = length[ids].tolist()
+    bridge = _bridgeable(np.asarray(shard[ids]), np.asarray(offset[ids]), np.asarray(length[ids]), max_gap, gap_budget)
     slot_list = [int(s) for s in slots]
     id_list = [int(i) for i in ids]
     blocks: list[ReadBlock] = []
@@ -148,7 +161,7 @@ def plan_reads(
         if (
             cur
             and s == sh[cur[0]]
-            and block_end <= o <= block_end + max_gap
+            and bridge[k]
             and o + n - block_start <= max_block
         ):
             cur.append(k)
@@ -171,6 +184,30 @@ def plan_reads(
     if group:
         units.append(ReadUnit(len(units), tuple(group)))
     return units
+
+
+def _bridgeable(sh: np.ndarray, off: np.ndarray, ln: np.ndarray, max_gap: int, gap_budget: float) -> list[bool]:
+    """For each position k > 0: may the gap after position k - 1 be read through?
+
+    True for gaps of at most ``max_gap`` bytes and for the smallest further gaps (ties
+    by position) whose total fits in ``gap_budget`` times the samples' bytes. A sample
+    in another shard, or before the previous one's end, never continues a block.
+    """
+    n = int(sh.size)
+    if n == 0:
+        return []
+    gap = np.full(n, -1, dtype=np.int64)
+    gap[1:] = off[1:] - (off[:-1] + ln[:-1])
+    gap[1:][sh[1:] != sh[:-1]] = -1
+    ok = (gap >= 0) & (gap <= max_gap)
+    if gap_budget > 0:
+        extra = np.flatnonzero(gap > max_gap)
+        if extra.size:
+            order = extra[np.argsort(gap[extra], kind="stable")]
+            take = int(np.searchsorted(np.cumsum(gap[order]), gap_budget * float(ln.sum()), side="right"))
+            ok[order[:take]] = True
+    out: list[bool] = ok.tolist()
+    return out
 
 
 def summarize(units: list[ReadUnit]) -> IOSummary:
