@@ -126,6 +126,8 @@ def evict(path: Path) -> None:
         if p.is_file():
             fd = os.open(p, os.O_RDONLY)
             try:
+                # Dirty pages (a freshly converted dataset) cannot be dropped: write them back first.
+                os.fdatasync(fd)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
@@ -143,6 +145,55 @@ def decode_npy(payload: bytes) -> np.ndarray:
     import io
 
     return np.load(io.BytesIO(payload), allow_pickle=False)
+
+
+#: Images are center-cropped to this square after decoding, so batches stack (``--imagefolder``).
+CROP = 224
+IMAGE_FIELDS = ("jpg", "jpeg", "png")
+
+
+def center_crop(chw: np.ndarray) -> np.ndarray:
+    """The central ``CROP x CROP`` of a CHW image (every image of the benchmark set is larger)."""
+    _, h, w = chw.shape
+    top, left = max((h - CROP) // 2, 0), max((w - CROP) // 2, 0)
+    return np.ascontiguousarray(chw[:, top : top + CROP, left : left + CROP])
+
+
+def decode_payload(field: str, payload: bytes) -> np.ndarray:
+    """What every reader does with a kept sample: ``numpy.load`` an ``.npy``, or decode an image
+    with Pillow to CHW uint8 and center-crop it."""
+    if field == "npy":
+        return decode_npy(payload)
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(payload)) as img:
+        arr = np.asarray(img.convert("RGB"))
+    return center_crop(arr.transpose(2, 0, 1))
+
+
+class CropField:
+    """shardprune loader transform: center-crop the decoded image field (a class, so it pickles)."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        sample[self.field] = center_crop(sample[self.field])
+        return sample
+
+
+def payload_field(tar_dir: Path) -> str:
+    """The dataset's payload field: ``npy`` (synthetic arrays) or the image field (``--imagefolder``)."""
+    sys.path.insert(0, str(REPO))
+    from shardprune.dataset import ShardedDataset
+
+    fields = ShardedDataset(str(tar_dir)).header.fields
+    for name in ("npy", *IMAGE_FIELDS):
+        if name in fields:
+            return name
+    raise SystemExit(f"{tar_dir}: no npy or image field among {sorted(fields)}")
 
 
 def stub_unusable_imports() -> None:
@@ -212,24 +263,45 @@ def build_data(root: Path, num_samples: int, shard_bytes: int) -> Path:
     return tar_dir
 
 
+def build_imagefolder(root: Path, source: Path, classes: int, shard_bytes: int) -> Path:
+    """Convert the first ``classes`` class folders of an ImageFolder to tar shards, bytes as they are."""
+    sys.path.insert(0, str(REPO))
+    from shardprune.convert import convert
+
+    tar_dir = root / "shardprune-tar"
+    if (tar_dir / "shardprune.json").exists():
+        return tar_dir
+    subset = root / "source"
+    subset.mkdir(parents=True, exist_ok=True)
+    folders = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))[:classes]
+    for folder in folders:
+        link = subset / folder.name
+        if not link.exists():
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+    convert("imagefolder", tar_dir, root=str(subset), shard_format="tar", max_bytes=shard_bytes)
+    return tar_dir
+
+
 def tar_samples(tar_dir: Path) -> Iterator[tuple[int, bytes, int]]:
-    """(id, npy payload, label) of every sample, from the shardprune dataset."""
+    """(id, payload, label) of every sample, from the shardprune dataset (raw bytes, CRC-checked)."""
     sys.path.insert(0, str(REPO))
     from shardprune.dataset import ShardedDataset
 
+    field = payload_field(tar_dir)
     ds = ShardedDataset(str(tar_dir))
     for i in range(len(ds)):
         s = ds.read_sample(i)
-        yield i, bytes(s["npy"]), int(s["label"])
+        yield i, bytes(s[field]), int(s["label"])
 
 
 def build_mds(tar_dir: Path, out: Path, shard_bytes: int) -> None:
     stub_unusable_imports()
     from streaming import MDSWriter
 
-    with MDSWriter(out=str(out), columns={"id": "int", "npy": "bytes", "label": "int"}, size_limit=shard_bytes) as w:
+    field = payload_field(tar_dir)
+    with MDSWriter(out=str(out), columns={"id": "int", field: "bytes", "label": "int"}, size_limit=shard_bytes) as w:
         for i, payload, label in tar_samples(tar_dir):
-            w.write({"id": i, "npy": payload, "label": label})
+            w.write({"id": i, field: payload, "label": label})
 
 
 def build_litdata(tar_dir: Path, out: Path, shard_bytes: int) -> None:
@@ -237,8 +309,9 @@ def build_litdata(tar_dir: Path, out: Path, shard_bytes: int) -> None:
     from litdata.streaming.writer import BinaryWriter
 
     w = BinaryWriter(str(out), chunk_bytes=shard_bytes)
+    field = payload_field(tar_dir)
     for i, payload, label in tar_samples(tar_dir):
-        w[i] = {"id": i, "npy": payload, "label": label}
+        w[i] = {"id": i, field: payload, "label": label}
     w.done()
     w.merge()
 
@@ -254,6 +327,7 @@ def read_shardprune(root: Path, ratio: float, batch_size: int) -> Iterator[tuple
     from shardprune.scores import ScoreStore
 
     ds = ShardedDataset(str(root / "shardprune-tar"))
+    field = payload_field(root / "shardprune-tar")
     policy = make_policy("full") if ratio <= 0 else make_policy("random", prune_ratio=ratio)
     with tempfile.TemporaryDirectory() as tmp:
         store = ScoreStore(os.path.join(tmp, "scores"), num_samples=len(ds), dataset_fingerprint=ds.fingerprint)
@@ -263,10 +337,16 @@ def read_shardprune(root: Path, ratio: float, batch_size: int) -> Iterator[tuple
         n = len(ds)
         store.apply(np.arange(n, dtype=np.int64), np.ones(n, dtype=np.float32), epoch=0)
         loader = StreamingLoader(
-            ds, batch_size=batch_size, policy=policy, store=store, num_epochs=2, seed=0, drop_last=False
+            ds,
+            batch_size=batch_size,
+            policy=policy,
+            store=store,
+            num_epochs=2,
+            seed=0,
+            drop_last=False,
+            transform=None if field == "npy" else CropField(field),
         )
         loader.set_epoch(1)
-        field = "npy"
         for batch in loader:
             yield batch[field], batch["label"]
         stats = loader.epoch_stats
@@ -284,13 +364,14 @@ def read_webdataset(root: Path, ratio: float, batch_size: int) -> Iterator[tuple
     urls = [str(root / "shardprune-tar" / s.path) for s in ds.header.shards]
     keep = keep_fn(ratio)
     labels = ds.labels
+    field = payload_field(root / "shardprune-tar")
     # Sample keys are the shardprune ids, so the same filter applies; labels come from the manifest.
     pipe = wds.WebDataset(urls, shardshuffle=False, empty_check=False).select(lambda s: keep(key_id(s["__key__"])))
 
     def samples() -> Iterator[tuple[np.ndarray, int]]:
         for s in pipe:
             i = key_id(s["__key__"])
-            yield decode_npy(s["npy"]), int(labels[i])
+            yield decode_payload(field, s[field]), int(labels[i])
 
     yield from batches(samples(), batch_size)
 
@@ -306,11 +387,12 @@ def read_mosaic(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any
 
     ds = StreamingDataset(local=str(root / "mds"), shuffle=False, batch_size=batch_size)
     keep = keep_fn(ratio)
+    field = payload_field(root / "shardprune-tar")
 
     def samples() -> Iterator[tuple[np.ndarray, int]]:
         for s in ds:
             if keep(int(s["id"])):
-                yield decode_npy(s["npy"]), int(s["label"])
+                yield decode_payload(field, s[field]), int(s["label"])
 
     yield from batches(samples(), batch_size)
 
@@ -321,11 +403,12 @@ def read_litdata(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[An
 
     ds = StreamingDataset(str(root / "litdata"), shuffle=False)
     keep = keep_fn(ratio)
+    field = payload_field(root / "shardprune-tar")
 
     def samples() -> Iterator[tuple[np.ndarray, int]]:
         for s in ds:
             if keep(int(s["id"])):
-                yield decode_npy(s["npy"]), int(s["label"])
+                yield decode_payload(field, s[field]), int(s["label"])
 
     yield from batches(samples(), batch_size)
 
@@ -532,6 +615,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=REPO / ".bench" / "peers", help="data directory (default %(default)s)")
     ap.add_argument("--num-samples", type=int, default=20000, help="samples (32x32x3 uint8) (default %(default)s)")
+    ap.add_argument(
+        "--imagefolder",
+        type=Path,
+        default=None,
+        help="use JPEGs from this ImageFolder instead of synthetic arrays (decoded with Pillow, center-cropped "
+        f"to {CROP}x{CROP}); use a --root of its own",
+    )
+    ap.add_argument("--classes", type=int, default=10, help="with --imagefolder: the first N class folders (default 10)")
     ap.add_argument("--shard-bytes", type=int, default=8 << 20, help="shard size for every format (default 8 MiB)")
     ap.add_argument("--batch-size", type=int, default=256, help="batch size (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per (reader, ratio) (default %(default)s)")
@@ -556,7 +647,10 @@ def main() -> int:
     readers = [r for r in args.readers.split(",") if r]
     ratios = [float(r) for r in args.ratios.split(",")]
     print(f"machine: {machine()}", flush=True)
-    tar_dir = build_data(args.root, args.num_samples, args.shard_bytes)
+    if args.imagefolder is not None:
+        tar_dir = build_imagefolder(args.root, args.imagefolder, args.classes, args.shard_bytes)
+    else:
+        tar_dir = build_data(args.root, args.num_samples, args.shard_bytes)
     if args.readahead_probe:
         print(readahead_probe(tar_dir, max(ratios)))
         return 0
@@ -604,9 +698,13 @@ def main() -> int:
             before = resident_bytes(data_dir)
             r = run_child(py, reader, ratio, args.root, args.batch_size)
             r["cold"] = True
+            r["cache_before"] = before
             r["cache_bytes_in"] = resident_bytes(data_dir) - before
             runs.append(r)
-            msg = r.get("error") or f"{r['samples_per_s']:,.0f}/s, brought into page cache {mib(r['cache_bytes_in'])} MiB"
+            msg = r.get("error") or (
+                f"{r['samples_per_s']:,.0f}/s, brought into page cache {mib(r['cache_bytes_in'])} MiB "
+                f"(resident before: {mib(before)} MiB)"
+            )
             print(f"  [cold] {reader:<18} r={ratio:g}: {msg}", flush=True)
     sizes = {
         sub: sum(p.stat().st_size for p in (args.root / sub).rglob("*") if p.is_file())
@@ -614,8 +712,18 @@ def main() -> int:
         if (args.root / sub).exists()
     }
     print()
-    print(f"{args.num_samples} samples of 32x32x3 uint8 (.npy payload 3,200 B); dataset bytes on disk: "
-          + ", ".join(f"{k} {mib(v)} MiB" for k, v in sizes.items()))
+    sys.path.insert(0, str(REPO))
+    from shardprune.dataset import ShardedDataset
+
+    ds = ShardedDataset(str(tar_dir))
+    what = (
+        "32x32x3 uint8 arrays" if payload_field(tar_dir) == "npy"
+        else f"images from {args.imagefolder}, decoded and center-cropped to {CROP}x{CROP}"
+    )
+    print(
+        f"{len(ds)} samples of {what} (payload mean {float(np.mean(ds.manifest.length)):,.0f} B in the tar); "
+        "dataset bytes on disk: " + ", ".join(f"{k} {mib(v)} MiB" for k, v in sizes.items())
+    )
     print(summarize(runs, readers, ratios))
     for note in notes:
         print(f"note: {note}")

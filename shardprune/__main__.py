@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-workers",
         type=int,
         default=defaults.num_workers,
-        help=f"loader worker processes (default {defaults.num_workers}: read in the training process)",
+        help=f"loader worker processes (default {defaults.num_workers}: read in the training process; "
+        "with workers, the cpu s column counts the training process only)",
     )
     demo.add_argument(
         "--threads",
