@@ -16,7 +16,9 @@ Measured (real processes, gloo on 127.0.0.1, one torch thread per rank):
   makes), per step.
 * the reference step: forward + backward + SGD step of a small CNN (3 conv layers of
   32/64/128 channels, 3x3, max-pool, linear) on 256 CIFAR-sized 3x32x32 inputs, one
-  thread, in one process on the same machine.
+  thread, in one process on the same machine; and the same step run by every rank at
+  once (barrier-aligned, slowest rank), which is what a step costs when the ranks
+  share the cores, as the sync timings do.
 * bytes per epoch, computed: each rank receives every visited sample's report once
   (8-byte id + 4-byte loss) per epoch, plus padding to the longest rank (at most one
   batch per rank per sync).
@@ -111,7 +113,21 @@ def _rank(rank: int, world: int, port: int, cfg: dict[str, Any], out: str) -> No
     rng = np.random.default_rng(rank)
     ids = [torch.from_numpy(rng.integers(0, n, batch)) for _ in range(steps)]
     losses = [torch.from_numpy(rng.random(batch, dtype=np.float32)) for _ in range(steps)]
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"contended_step_s": []}
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    for i in range(cfg["ref_steps"] + 1):
+        dist.barrier()
+        t0 = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i:
+            result["contended_step_s"].append(time.perf_counter() - t0)
     for mode, sync_every in (("every_step", None), ("default", 65536)):
         scores = DistributedScores.open(
             Path(cfg["dir"]) / mode, n, "dist-bench", sync_every=sync_every, flush_interval_s=None
@@ -157,8 +173,10 @@ def run_world(world: int, cfg: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit(f"dist_bench: a rank failed with exit codes {[p.exitcode for p in procs]}")
         ranks = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
     per_step = np.max(np.array([r["every_step"]["per_step_s"] for r in ranks]), axis=0)
+    contended = np.max(np.array([r["contended_step_s"] for r in ranks]), axis=0)
     return {
         "world": world,
+        "contended_step_s": float(np.median(contended)),
         "every_step_median_s": float(np.median(per_step)),
         "every_step_p90_s": float(np.percentile(per_step, 90)),
         "default_per_step_s": max(r["default"]["per_step_s"] for r in ranks),
@@ -186,18 +204,24 @@ def main() -> None:
     print("machine:", json.dumps(info))
     ref = reference_step_s(args.batch, args.ref_steps)
     print(f"reference step (SmallCNN fwd+bwd+SGD, batch {args.batch}, 1 thread): {ref * 1e3:.1f} ms")
-    cfg = {"num_samples": args.num_samples, "batch": args.batch, "steps": args.steps}
+    cfg = {"num_samples": args.num_samples, "batch": args.batch, "steps": args.steps, "ref_steps": args.ref_steps}
     rows = []
     for world in args.world:
         r = run_world(world, cfg)
         r["every_step_fraction"] = r["every_step_median_s"] / ref
         r["default_fraction"] = r["default_per_step_s"] / ref
+        contended = r["contended_step_s"]
         rows.append(r)
         print(
             f"world {world}: sync every step {r['every_step_median_s'] * 1e3:.2f} ms median "
             f"(p90 {r['every_step_p90_s'] * 1e3:.2f} ms) = {100 * r['every_step_fraction']:.2f}% of the step; "
             f"default sync_every=65536: {r['default_per_step_s'] * 1e3:.3f} ms/step "
             f"({r['default_syncs']} syncs in {args.steps} steps) = {100 * r['default_fraction']:.3f}% of the step"
+        )
+        print(
+            f"world {world}: the step run by all {world} ranks at once: {contended * 1e3:.1f} ms; sync every step = "
+            f"{100 * r['every_step_median_s'] / contended:.2f}%, default = "
+            f"{100 * r['default_per_step_s'] / contended:.3f}% of it"
         )
     volumes = []
     for n in (1_300_000, 100_000_000):

@@ -3,27 +3,33 @@
 
     python benchmarks/peers_bench.py                 # everything, one table
     python benchmarks/peers_bench.py --setup-peers   # first: a side venv with streaming + litdata
+    python benchmarks/peers_bench.py --imagefolder .bench/imagefolder --classes 10 --root .bench/peers-jpg
+    python benchmarks/peers_bench.py --readahead-probe   # page cache filled by a pruned cold read
     python benchmarks/peers_bench.py --help
 
 Data: ``--num-samples`` CIFAR-sized samples (32x32x3 uint8, a fixed random pattern per
 sample, label 0..9) converted once by shardprune to WebDataset-compatible tar shards
 (``.npy`` members). webdataset reads those very tar files; MosaicML and litdata get a copy
 of the same sample bytes (the ``.npy`` payload and the label) in their own formats (MDS;
-litdata's chunked binary), written by their own writers, uncompressed.
+litdata's chunked binary), written by their own writers, uncompressed. With
+``--imagefolder``, the samples are the JPEG files of the first ``--classes`` class folders
+instead, stored as they are; every reader decodes them with Pillow and center-crops to 224x224.
 
 Pruning: shardprune's ``random`` policy keeps a uniform (1 - r) of the samples and plans the
 epoch before reading, so a pruned sample's bytes are never fetched. Its measured epoch is
 epoch 1 of 2, after one report per sample (a first epoch keeps every never-seen sample). The peers have no
 per-sample pruning that avoids I/O; the best they offer is to filter after reading (here: a
 deterministic 50% filter right after the raw read, before decoding, so they also skip the
-decode). Every reader decodes the kept ``.npy`` payloads with ``numpy.load`` and yields
-batches of ``--batch-size``; one process, no workers.
+decode). Every reader decodes the kept payloads (``numpy.load``, or Pillow for images) and
+yields batches of ``--batch-size``; one process, no workers.
 
 Measured per run, each in a fresh child process: samples yielded per second of the epoch,
 bytes read (``rchar`` of ``/proc/self/io``: bytes through read syscalls, page cache
 included; mmap'ed reads would not show and are flagged), and peak RSS (``ru_maxrss``) minus
 the RSS after imports. Files are read once before the runs, so every reader sees a warm page
-cache: the numbers compare the readers' own costs, not the disk.
+cache: the numbers compare the readers' own costs, not the disk. Then one cold run per
+(reader, ratio): its files are evicted from the page cache first, and the bytes the run
+brought back in are counted with ``mincore`` (every way of reading, readahead included).
 
 MosaicML ``streaming`` 0.13 and ``litdata`` 0.2.76 both declare ``torchvision`` as a
 dependency, which does not import beside this torch build, and ``streaming`` imports

@@ -198,6 +198,8 @@ def epochs(
     final = scores.snapshot(pin=False)
     stats = dict(scores.stats)
     scores.close()
+    stats["store_flushes"] = int(scores.store.stats["flushes"])
+    stats["writer"] = int(scores.store.writer)
     loader.close()
     doc = {"epochs": record, "final": final.fingerprint, "stats": stats, "loss": final.loss.tolist()}
     (out / f"rank{rank}.json").write_text(json.dumps(doc))
@@ -300,3 +302,27 @@ def wrong_world(rank: int, world: int, out: Path, *, data: str, store: str, ckpt
         message = str(exc)
     scores.close()
     (out / f"rank{rank}.json").write_text(json.dumps({"message": message}))
+
+
+def uneven(rank: int, world: int, out: Path, *, data: str, store: str, ckpt: str) -> None:
+    """Rank 0 takes one batch more than the others, then every rank checkpoints: all must refuse."""
+    from shardprune.dist import DistributedScores, World, save_checkpoint
+    from shardprune.errors import DistributedError
+    from shardprune.loader import StreamingLoader
+
+    loader = StreamingLoader(data, batch_size=8, num_epochs=1, world=World(rank, world), prefetch_batches=0)
+    scores = DistributedScores.open(store, len(loader.dataset), loader.dataset.fingerprint, flush_interval_s=None)
+    loader.store = scores
+    loader.set_epoch(0)
+    it = iter(loader)
+    if rank == 0:
+        next(it)
+    message = ""
+    try:
+        save_checkpoint(ckpt, loader, scores)
+    except DistributedError as exc:
+        message = str(exc)
+    del it
+    scores.close()
+    loader.close()
+    (out / f"rank{rank}.json").write_text(json.dumps({"message": message, "written": Path(ckpt).exists()}))

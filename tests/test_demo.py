@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -272,3 +273,31 @@ def test_train_bench_quick_runs_the_grid_and_checks_targets(tmp_path: Path) -> N
     assert rows["full"]["visits_saved"][0] == 0.0 and rows["random"]["visits_saved"][0] > 0.3
     assert (quick / "plots" / "train_digits.png").read_bytes()[:4] == b"\x89PNG"
     assert "| policy |" in (quick / "summary.md").read_text()
+
+
+def _train_bench() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_bench", REPO / "benchmarks" / "train_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_bench"] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_bench_policy_params_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tb = _train_bench()
+    args = tb.parse_args(["--policy-params", "swdpp:mixup_prob=0,max_weight=None", "--out", str(tmp_path)])
+    assert args.policy_params == {"swdpp": [(("mixup_prob", 0.0), ("max_weight", None))]}
+    specs, base = tb.grid(args, "digits")
+    variants = [s for s in specs if s.params]
+    assert len(variants) == 3 * 3 and {s.display for s in variants} == {"swdpp(mixup_prob=0, max_weight=None)"}
+    assert len({s.name for s in specs}) == len(specs), "every run has its own file name"
+    assert variants[0].config().policy_params == (("mixup_prob", 0.0), ("max_weight", None))
+    cal = tb.parse_args(["--calibrate", "--cal-params", ";mixup_prob=0"])
+    assert cal.cal_params == [(), (("mixup_prob", 0.0),)]
+    for bad, needle in ((["--policy-params", "magic:x=1"], "magic:x=1"), (["--policy-params", "swdpp:mixup_prob"], "name=value")):
+        with pytest.raises(SystemExit) as raised:
+            tb.parse_args(bad)
+        assert raised.value.code == 2 and needle in capsys.readouterr().err

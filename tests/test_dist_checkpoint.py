@@ -37,13 +37,13 @@ def test_sigkill_one_rank_then_resume_all_ranks(tmp_path: Path) -> None:
     write_dataset(data, n=300, per_shard=25)
     out = tmp_path / f"out-resumable-{WORLD}"
 
-    ref_files = {"store": str(tmp_path / "ref"), "ckpt": str(tmp_path / "ref.json")}
+    ref_files: dict[str, Any] = {"store": str(tmp_path / "ref"), "ckpt": str(tmp_path / "ref.json")}
     codes = launch("resumable", WORLD, tmp_path, data=data, mode="reference", **ref_files)
     assert codes == [0] * WORLD, errors(out)
 
     ckpt = tmp_path / "job.json"
     kill_at = (1, 5)
-    job_files = {"store": str(tmp_path / "job"), "ckpt": str(ckpt)}
+    job_files: dict[str, Any] = {"store": str(tmp_path / "job"), "ckpt": str(ckpt)}
     wait = PG_TIMEOUT_S + 120
     codes = launch("resumable", WORLD, tmp_path, join_s=wait, data=data, mode="kill", kill_at=kill_at, **job_files)
     assert codes[1] == -signal.SIGKILL
@@ -76,6 +76,19 @@ def test_sigkill_one_rank_then_resume_all_ranks(tmp_path: Path) -> None:
     runs = [(m, r) for m in ("reference", "resume") for r in range(WORLD)]
     finals = {json.loads((out / f"{m}-final{r}.json").read_text())["final"] for m, r in runs}
     assert len(finals) == 1, "the resumed job ended with other scores than the uninterrupted one"
+
+
+def test_checkpoint_refuses_ranks_at_different_positions(tmp_path: Path) -> None:
+    data = str(tmp_path / "ds")
+    write_dataset(data, n=100, per_shard=25)
+    ckpt = tmp_path / "ckpt.json"
+    codes = launch("uneven", WORLD, tmp_path, data=data, store=str(tmp_path / "scores"), ckpt=str(ckpt))
+    out = tmp_path / f"out-uneven-{WORLD}"
+    assert codes == [0] * WORLD, errors(out)
+    for r in range(WORLD):
+        doc = json.loads((out / f"rank{r}.json").read_text())
+        assert "rank 0: epoch 0 batch 1, rank 1: epoch 0 batch 0" in doc["message"]
+    assert not ckpt.exists()
 
 
 def test_read_checkpoint_errors(tmp_path: Path) -> None:

@@ -123,6 +123,9 @@ def test_ranks_share_one_score_state(tmp_path: Path, world: int, drop_last: bool
     assert pruned_somewhere, "InfoBatch never pruned: the test would not see a wrong plan"
     # After the last epoch: identical replicas, equal to the single process fed the same losses.
     assert {doc["final"] for doc in ranks} == {reference[-1]}
+    # One writer: rank 0 commits (pins at every epoch start, a flush at close), replicas never write.
+    assert ranks[0]["stats"]["writer"] == 1 and ranks[0]["stats"]["store_flushes"] >= num_epochs
+    assert all(doc["stats"]["writer"] == 0 and doc["stats"]["store_flushes"] == 0 for doc in ranks[1:])
     syncs = ranks[0]["stats"]["syncs"]
     if sync_every is None:
         assert syncs == num_epochs + 1  # one exchange per snapshot (every epoch start and the end)

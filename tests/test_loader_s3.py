@@ -115,3 +115,17 @@ def test_persistent_failure_names_url_and_range(datasets: tuple[Path, str], s3_s
     attempts = [p for _, _, p, r in proxy.injected if p.endswith(shard) and r == f"bytes={start}-{stop - 1}"]
     # shardprune tried that range 5 times (s3fs may retry each attempt itself), then gave up: no hang.
     assert len(attempts) >= 5 and elapsed < 120
+
+
+def test_endpoint_and_credentials_from_environment(
+    datasets: tuple[Path, str], s3_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No storage_options: the URL alone, with the endpoint and keys in the standard AWS variables.
+    local, url = datasets
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.storage_options["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.storage_options["secret"])
+    want, _ = _run(local)
+    got, stats = _run(url, num_workers=1)  # a worker process: the forkserver may predate the variables
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert stats["samples_skipped"] == N // 2

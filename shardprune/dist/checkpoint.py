@@ -19,9 +19,10 @@ on with ``loader.set_epoch(epoch + 1)``, which plans the next epoch for the new 
 from the same scores (the per-rank batch size may change too).
 
 Checkpoint format (JSON): ``{"version", "world_size", "epoch", "batches_yielded",
-"epoch_complete" (every rank had yielded its whole epoch), "loaders" (one ``StreamingLoader.state_dict`` per rank, in rank order), "store"
-(rank 0's ``ScoreStore.state_dict``: the scores pinned in the store), "policy",
-"extra" (the caller's JSON-able data, e.g. the model checkpoint's path)}``. Model and
+"epoch_complete" (every rank had yielded its whole epoch), "loaders" (one
+``StreamingLoader.state_dict`` per rank, in rank order), "store" (rank 0's
+``ScoreStore.state_dict``: the scores pinned in the store), "policy", "extra" (the
+caller's JSON-able data, e.g. the model checkpoint's path)}``. Model and
 optimiser weights are the caller's (``torch.save`` on rank 0); see ``tools/train_ddp.py``.
 """
 

@@ -27,6 +27,10 @@ from shardprune.loader.ioplan import ReadBlock, ReadUnit
 
 #: Sample keys that survive a ``fields`` selection.
 _ALWAYS = frozenset({"id", "label", "__key__"})
+#: Environment variables that configure object-store clients (endpoint, keys, region,
+#: profile). A forkserver worker inherits the forkserver's environment from when it
+#: started, not the training process's current one, so the fetcher carries these along.
+_STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
 
 
 @dataclass
@@ -93,11 +97,17 @@ class UnitFetcher:
         state["_pool"] = None
         state["_pool_pid"] = -1
         del state["_lock"]
+        state["_env"] = {k: v for k, v in os.environ.items() if k.startswith(_STORAGE_ENV_PREFIXES)}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        env: dict[str, str] = state.pop("_env", {})
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        # In the worker: the sender's storage settings, so both read from the same place.
+        for key in [k for k in os.environ if k.startswith(_STORAGE_ENV_PREFIXES) and k not in env]:
+            del os.environ[key]
+        os.environ.update(env)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -13,8 +13,8 @@ the slots into range reads (:mod:`shardprune.loader.ioplan`). Iterating runs a
 
 With ``num_workers=0`` the fetch runs in the training process; otherwise in worker
 processes started with ``multiprocessing_context`` (forkserver by default), which
-receive only the pickled dataset (URL and manifest arrays) and options, never a score
-store or an fsspec client.
+receive only the pickled dataset (URL and manifest arrays), options and the caller's
+``AWS_*`` / ``FSSPEC_*`` environment variables, never a score store or an fsspec client.
 """
 
 from __future__ import annotations
