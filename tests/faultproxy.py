@@ -17,7 +17,8 @@ Usage::
 
 ``faults`` maps the 1-based number of a range read to its fault; ``fail_all`` fails every
 range read. ``proxy.injected`` lists what was done, as ``(read number, fault, path, Range header)``,
-so a test can prove faults happened and count the attempts at one range.
+so a test can prove faults happened and count the attempts at one range; ``proxy.ranges``
+lists every range read as ``(path, Range header)``, so a test can see which bytes were read.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class FaultProxy:
         self.faults = dict(faults or {})
         self.fail_all = fail_all
         self.range_reads = 0
+        self.ranges: list[tuple[str, str]] = []
         self.injected: list[tuple[int, Fault, str, str]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -71,6 +73,7 @@ class FaultProxy:
             return None
         with self._lock:
             self.range_reads += 1
+            self.ranges.append((path, str(headers.get("Range"))))
             n = self.range_reads
             fault = self.fail_all if self.fail_all is not None else self.faults.get(n)
             if fault is not None:

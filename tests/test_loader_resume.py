@@ -19,7 +19,7 @@ import torch
 
 from loader_data import SeenStore, as_float, write_dataset
 from shardprune.errors import CheckpointMismatchError
-from shardprune.loader import StreamingLoader
+from shardprune.loader import StreamingLoader, summarize
 from shardprune.policies import make_policy
 
 KEYS = ("ids", "weights", "mixed", "mix_partner", "mix_lambda", "npy", "target")
@@ -78,8 +78,12 @@ def _check_resume(ds: Path, epoch: int, stops: list[int] | None = None, **kw: An
         assert state["batches_yielded"] == k and state["epoch"] == epoch
         with _make(ds, **kw) as second:
             second.load_state_dict(state)
+            remaining = summarize(second.read_units(k))
             rest = [_arrays(b) for b in second]
             assert second.epoch_stats.batches == len(full)
+            # A resumed epoch reads only what the remaining batches need.
+            assert second.epoch_stats.bytes_read == remaining.bytes_read
+            assert remaining.samples == sum(len(b["ids"]) for b in rest)
         assert _equal(rest, full[k:]), f"resume after batch {k} of epoch {epoch} differs"
     return len(full)
 

@@ -129,3 +129,32 @@ def test_endpoint_and_credentials_from_environment(
     got, stats = _run(url, num_workers=1)  # a worker process: the forkserver may predate the variables
     assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
     assert stats["samples_skipped"] == N // 2
+
+
+def test_pruned_bytes_never_requested_from_the_server(datasets: tuple[Path, str], s3_server: Any) -> None:
+    # Seen at the HTTP level: every byte range the server was asked for lies inside kept samples.
+    _, url = datasets
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        opts = _opts(s3_server, proxy.url)
+        with StreamingLoader(url, batch_size=10, num_epochs=2, seed=4, policy=make_policy("random", prune_ratio=0.5),
+                             store=SeenStore(n=N), drop_last=False, storage_options=opts, max_gap=0,
+                             gap_budget=0) as loader:
+            loader.set_epoch(1)
+            assert loader.decision is not None
+            keep = loader.decision.keep
+            assert sum(len(b["ids"]) for b in loader) == int(keep.sum())
+            m = loader.dataset.manifest
+            shards = [s.path for s in loader.dataset.header.shards]
+    kept_bytes: dict[str, set[int]] = {}
+    pruned_bytes: dict[str, set[int]] = {}
+    for i in range(N):
+        target = kept_bytes if keep[i] else pruned_bytes
+        start = int(m.offset[i])
+        target.setdefault(shards[int(m.shard[i])], set()).update(range(start, start + int(m.length[i])))
+    requested: dict[str, set[int]] = {}
+    for path, rng in proxy.ranges:
+        first, last = (int(v) for v in rng.removeprefix("bytes=").split("-"))
+        shard = next(s for s in shards if path.endswith(s))
+        requested.setdefault(shard, set()).update(range(first, last + 1))
+    assert requested == kept_bytes  # every kept byte, exactly once in total, nothing else
+    assert all(not (requested.get(s, set()) & b) for s, b in pruned_bytes.items())

@@ -65,8 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-data", help="evaluation dataset (read whole into memory on rank 0 at the end)")
     p.add_argument("--scores", required=True, help="score store location shared by all ranks (path or s3://)")
     p.add_argument("--checkpoint", help="checkpoint file (path or s3://.../ckpt.json); model weights go beside it")
-    p.add_argument("--resume", action="store_true", help="resume from --checkpoint (mid-epoch: the same number of ranks)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: epoch ends)")
+    p.add_argument("--resume", action="store_true", help="resume from --checkpoint (mid-epoch: same rank count)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: 0)")
     p.add_argument(
         "--stop-after", type=int, default=0, help="checkpoint and stop after N steps of this invocation (a time slice)"
     )

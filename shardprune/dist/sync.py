@@ -8,10 +8,11 @@ were computed (on the GPU under nccl: no per-step device sync) and exchanged in 
 header (count, epochs, skipped) and its reports' bytes (int64 ids, then float32 losses:
 reinterpreted on arrival, never converted, so ids never pass through a float dtype),
 padded to a capacity every rank derives from the previous exchange; a rank with more
-reports than the capacity makes it a second, padded all-gather. Every rank then applies all ranks' reports *in rank order* through
-``ScoreStore.apply``, so the replicas stay bit-identical, and equal to one process fed
-the same reports. What is exchanged is bounded by the samples visited (12 bytes per
-report and rank), never by the dataset size.
+reports than the capacity makes it a second, padded all-gather. Every rank then
+applies all ranks' reports *in rank order* through ``ScoreStore.apply``, so the
+replicas stay bit-identical, and equal to one process fed the same reports. What is
+exchanged is bounded by the samples visited (12 bytes per report and rank), never by
+the dataset size.
 """
 
 from __future__ import annotations
