@@ -15,6 +15,7 @@ from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.storage import Storage, open_storage
 
 if TYPE_CHECKING:
+    from shardprune.dist import DistributedScores, load_checkpoint, save_checkpoint
     from shardprune.loader.streaming import StreamingLoader
     from shardprune.policies import POLICIES, make_policy
     from shardprune.scores.snapshot import ScoreSnapshot
@@ -23,24 +24,30 @@ if TYPE_CHECKING:
 
 #: Lazily imported public names -> their modules.
 _LAZY = {
+    "DistributedScores": "shardprune.dist",
     "POLICIES": "shardprune.policies",
     "ScoreSnapshot": "shardprune.scores.snapshot",
     "ScoreStore": "shardprune.scores.store",
     "StreamingLoader": "shardprune.loader.streaming",
+    "load_checkpoint": "shardprune.dist",
     "make_policy": "shardprune.policies",
+    "save_checkpoint": "shardprune.dist",
     "weighted_loss": "shardprune.train",
 }
 
 __all__ = [
+    "DistributedScores",
     "POLICIES",
     "ScoreSnapshot",
     "ScoreStore",
     "ShardedDataset",
     "Storage",
     "StreamingLoader",
+    "load_checkpoint",
     "make_policy",
     "open_dataset",
     "open_storage",
+    "save_checkpoint",
     "weighted_loss",
 ]
 __version__ = "0.1.0"

@@ -239,6 +239,8 @@ def test_bad_arguments_name_value_and_range(tar_ds: Path) -> None:
         ({"shuffle_buffer": 0}, ConfigError, r"shuffle_buffer=0 must be an int >= 1"),
         ({"world": "rank0"}, ConfigError, r"world='rank0' must be a shardprune.dist.world.World"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(({"pin_memory": True}, ConfigError, r"pin_memory=True needs CUDA"))
     for kw, exc, pattern in cases:
         with pytest.raises(exc, match=pattern):
             _loader(tar_ds, **kw)

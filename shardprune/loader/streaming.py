@@ -202,6 +202,11 @@ class StreamingLoader:
         if self.num_workers > 0 and multiprocessing_context == "forkserver":
             _preload_forkserver(FORKSERVER_PRELOAD + (() if local else FORKSERVER_PRELOAD_REMOTE))
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        if self.pin_memory and not torch.cuda.is_available():
+            raise ConfigError(
+                "pin_memory=True needs CUDA, and torch.cuda.is_available() is False here; "
+                "pass pin_memory=None (pin when CUDA is available) or False"
+            )
         self.mixup = bool(mixup)
         self.fetcher = UnitFetcher(
             self.dataset,
