@@ -203,7 +203,9 @@ class Storage:
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         delay = self.backoff_s
         last: BaseException | None = None
+        attempts = 0
         for attempt in range(self.retries):
+            attempts = attempt + 1
             try:
                 return fn()
             except BaseException as exc:  # noqa: BLE001 - classified below
@@ -215,7 +217,7 @@ class Storage:
                 last = exc
                 time.sleep(delay * (1 + random.random()))
                 delay *= 2
-        raise FetchError(f"{what} failed after {self.retries} attempt(s): {type(last).__name__}: {last}") from last
+        raise FetchError(f"{what} failed after {attempts} attempt(s): {type(last).__name__}: {last}") from last
 
     # -- reads ------------------------------------------------------------------------
     def read_range(self, rel: str, offset: int, length: int) -> bytes:
