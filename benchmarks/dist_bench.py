@@ -30,10 +30,8 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from datetime import timedelta
@@ -48,21 +46,10 @@ from torch import nn
 REPORT_BYTES = 8 + 4
 
 
-def machine() -> dict[str, str]:
-    def sh(cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False).stdout.strip()
-        except OSError:
-            return "?"
+def machine() -> dict[str, Any]:
+    from machineinfo import machine_info  # benchmarks/ is on sys.path when run as a script
 
-    return {
-        "nproc": sh("nproc"),
-        "cpu": sh("lscpu | grep 'Model name' | sed 's/Model name: *//'"),
-        "mem_total_gib": sh("free -g | awk '/Mem:/ {print $2}'"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    return machine_info(torch=torch.__version__)
 
 
 class SmallCNN(nn.Module):

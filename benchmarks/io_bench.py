@@ -43,14 +43,12 @@ import io
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -299,16 +297,11 @@ def subset_dataset(folder: Path, out: Path, per_class: int) -> Path:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpus": os.cpu_count(), "cpu_model": model, "ram_gib": round(mem, 1), "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    from machineinfo import machine_info  # benchmarks/ is on sys.path when run as a script
+    import torch
+    import webdataset
+
+    return machine_info(torch=torch.__version__, webdataset=getattr(webdataset, "__version__", "?"))
 
 
 # -- driver ---------------------------------------------------------------------------------

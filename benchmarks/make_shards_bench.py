@@ -7,7 +7,7 @@ load time of a large manifest.
     python benchmarks/make_shards_bench.py all --runs 5
 
 On a shared machine, run it under ``flock /tmp/sp_bench.lock``. Results and their analysis:
-``benchmarks/RESULTS_make_shards.md``.
+``benchmarks/RESULTS.md``.
 
 convert: ``tools/make_shards.py imagefolder`` (in process, ``--workers 1`` and ``2``) and
 ``webdataset.ShardWriter`` (single process; with and without an fsync of each shard) write
@@ -99,25 +99,11 @@ def generate(root: Path, num_images: int, processes: int) -> None:
 
 
 def machine() -> str:
-    """One line naming the machine: cores, CPU model, RAM, Python and library versions."""
-    import platform
-
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{mem_kib / 2**20:.1f} GiB RAM"
-    except OSError:
-        mem = "? RAM"
+    """One line naming the machine: cores, CPU model, RAM, load, Python and webdataset versions."""
+    from machineinfo import machine_line  # benchmarks/ is on sys.path when run as a script
     import webdataset
 
-    return (
-        f"{os.cpu_count()} cores, {model}, {mem}, Python {platform.python_version()}, "
-        f"webdataset {getattr(webdataset, '__version__', '?')}, load avg {os.getloadavg()[0]:.2f}"
-    )
+    return machine_line(webdataset=getattr(webdataset, "__version__", "?"))
 
 
 def _listing(root: Path) -> tuple[list[str], list[int]]:

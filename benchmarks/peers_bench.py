@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -607,14 +606,9 @@ def summarize(runs: list[dict[str, Any]], readers: list[str], ratios: list[float
 
 
 def machine() -> str:
-    model = platform.machine()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+    from machineinfo import machine_line  # benchmarks/ is on sys.path when run as a script
+
+    return machine_line()
 
 
 def main() -> int:

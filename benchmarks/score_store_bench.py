@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -51,23 +49,10 @@ CHUNK = 65536
 PACE_S = 0.001
 
 
-def machine() -> dict[str, str]:
-    def sh(cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=False).stdout.strip()
-        except OSError:
-            return "?"
+def machine() -> dict[str, Any]:
+    from machineinfo import machine_info  # benchmarks/ is on sys.path when run as a script
 
-    return {
-        "nproc": sh("nproc"),
-        "cpu": sh("lscpu | grep 'Model name' | sed 's/Model name: *//'"),
-        "mem_total_gib": sh("free -g | awk '/Mem:/ {print $2}'"),
-        "mem_available_gib": sh("free -g | awk '/Mem:/ {print $7}'"),
-        "load_avg": sh("cut -d' ' -f1-3 /proc/loadavg"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-    }
+    return machine_info(numpy=np.__version__, torch=torch.__version__)
 
 
 def percentile(values: list[float], q: float) -> float:

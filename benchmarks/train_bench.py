@@ -31,8 +31,6 @@ import hashlib
 import itertools
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shardprune.demo.data import prepare_data  # noqa: E402
-from shardprune.demo.trainer import DATASET_DEFAULTS, RunResult, TrainConfig  # noqa: E402
+from shardprune.demo.trainer import DATASET_DEFAULTS, TrainConfig  # noqa: E402
 
 PRUNING_POLICIES = ("random", "epsilon_greedy", "ucb", "infobatch", "swdpp")
 MATCHED = "random=ib"
@@ -249,23 +247,10 @@ def matched_specs(base: RunSpec, args: argparse.Namespace, done: dict[RunSpec, d
 
 
 def machine() -> dict[str, Any]:
-    def sh(cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return "?"
-
+    from machineinfo import machine_info  # benchmarks/ is on sys.path when run as a script
     import torch
 
-    return {
-        "nproc": sh("nproc"),
-        "free_g": sh("free -g | sed -n 2p"),
-        "cpu": sh("lscpu | grep 'Model name' | sed 's/.*: *//'"),
-        "loadavg_at_report": sh("cat /proc/loadavg"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gpu": "none (CPU only; no GPU was lent in this session)",
-    }
+    return {**machine_info(torch=torch.__version__), "gpu": "none (CPU only; no GPU was lent in this session)"}
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

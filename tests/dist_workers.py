@@ -135,6 +135,41 @@ def exchange(rank: int, world: int, out: Path, *, store: str) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(doc))
 
 
+def _infobatch_job(
+    data: str,
+    store: str,
+    rank: int,
+    world: int,
+    *,
+    batch_size: int,
+    num_epochs: int,
+    seed: int,
+    drop_last: bool,
+    sync_every: int | None,
+    **policy: float,
+) -> tuple[Any, Any]:
+    """This rank's InfoBatch loader (r = 0.5) wired to the job's shared DistributedScores."""
+    from shardprune.dist import DistributedScores, World
+    from shardprune.loader import StreamingLoader
+    from shardprune.policies import make_policy
+
+    loader = StreamingLoader(
+        data,
+        batch_size=batch_size,
+        policy=make_policy("infobatch", prune_ratio=0.5, **policy),
+        num_epochs=num_epochs,
+        seed=seed,
+        world=World(rank, world),
+        drop_last=drop_last,
+        shuffle_buffer=16,
+    )
+    scores = DistributedScores.open(
+        store, len(loader.dataset), loader.dataset.fingerprint, sync_every=sync_every, flush_interval_s=None
+    )
+    loader.store = scores
+    return loader, scores
+
+
 def epochs(
     rank: int,
     world: int,
@@ -149,25 +184,12 @@ def epochs(
     seed: int = 0,
 ) -> None:
     """Run InfoBatch epochs with fake losses; record ids, weights, plans and scores per epoch."""
-    from shardprune.dist import DistributedScores, World
-    from shardprune.loader import StreamingLoader
-    from shardprune.policies import make_policy
     from shardprune.train import weighted_loss
 
-    loader = StreamingLoader(
-        data,
-        batch_size=batch_size,
-        policy=make_policy("infobatch", prune_ratio=0.5, delta=0.75),
-        num_epochs=num_epochs,
-        seed=seed,
-        world=World(rank, world),
-        drop_last=drop_last,
-        shuffle_buffer=16,
+    loader, scores = _infobatch_job(
+        data, store, rank, world, batch_size=batch_size, num_epochs=num_epochs, seed=seed, drop_last=drop_last,
+        sync_every=sync_every, delta=0.75,
     )
-    scores = DistributedScores.open(
-        store, len(loader.dataset), loader.dataset.fingerprint, sync_every=sync_every, flush_interval_s=None
-    )
-    loader.store = scores
     record: list[dict[str, Any]] = []
     for epoch in range(num_epochs):
         loader.set_epoch(epoch)
@@ -225,25 +247,13 @@ def resumable(
     it is handed batch ``kill_at[1]`` of epoch ``kill_at[0]``; ``"resume"`` loads the last
     checkpoint first. Every batch handed out is logged as ``{"epoch", "batch", "ids"}``.
     """
-    from shardprune.dist import DistributedScores, World, load_checkpoint, save_checkpoint
-    from shardprune.loader import StreamingLoader
-    from shardprune.policies import make_policy
+    from shardprune.dist import load_checkpoint, save_checkpoint
     from shardprune.train import weighted_loss
 
-    loader = StreamingLoader(
-        data,
-        batch_size=batch_size,
-        policy=make_policy("infobatch", prune_ratio=0.5),
-        num_epochs=num_epochs,
-        seed=7,
-        world=World(rank, world),
-        drop_last=False,
-        shuffle_buffer=16,
+    loader, scores = _infobatch_job(
+        data, store, rank, world, batch_size=batch_size, num_epochs=num_epochs, seed=7, drop_last=False,
+        sync_every=batch_size,
     )
-    scores = DistributedScores.open(
-        store, len(loader.dataset), loader.dataset.fingerprint, sync_every=batch_size, flush_interval_s=None
-    )
-    loader.store = scores
     log = (out / f"{mode}-rank{rank}.jsonl").open("a")
     first = 0
     resumed = False

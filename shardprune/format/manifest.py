@@ -2,7 +2,7 @@
 
 Stored as an Arrow IPC file with zstd-compressed buffers: 16.9 MB for 1.3M rows, loaded
 and parsed in a median of 73 ms (104 ms with the header and SHA-256 check) on this
-project's shared 2-core machine under load (``benchmarks/RESULTS_make_shards.md``).
+project's shared 2-core machine under load (``benchmarks/RESULTS.md``).
 
 Columns (all non-null):
 
