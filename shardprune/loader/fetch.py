@@ -19,6 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
 from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
 from shardprune.loader.decode import Sample, Transform, decode_sample
@@ -33,6 +36,10 @@ _ALWAYS = frozenset({"id", "label", "__key__"})
 _STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
 
 
+#: One packed value: (sample index, key, offset, nbytes, dtype or None for bytes, shape).
+_Packed = tuple[int, str, int, int, str | None, tuple[int, ...]]
+
+
 @dataclass
 class UnitResult:
     """Samples of one read unit, by plan slot, and what reading them cost.
@@ -43,6 +50,12 @@ class UnitResult:
         bytes_read: Bytes requested from storage.
         requests: Range requests made.
         gap_bytes: Bytes read between samples and discarded.
+
+    Between processes: a worker calls :meth:`pack`, which moves every ``bytes`` value and
+    numeric ndarray of the samples into one uint8 tensor; torch's process queues pass a
+    tensor as a shared-memory handle instead of pickling its bytes through a pipe. The
+    training process calls :meth:`unpack`, which restores the values (arrays as views of
+    the shared buffer, bytes as copies).
     """
 
     index: int
@@ -50,6 +63,47 @@ class UnitResult:
     bytes_read: int = 0
     requests: int = 0
     gap_bytes: int = 0
+    packed: torch.Tensor | None = None
+    packed_spec: list[_Packed] = field(default_factory=list)
+
+    def pack(self) -> None:
+        """Move the samples' bytes and numeric arrays into :attr:`packed` (one buffer)."""
+        spec: list[_Packed] = []
+        pieces: list[np.ndarray] = []
+        offset = 0
+        for i, (_, sample) in enumerate(self.samples):
+            for key, value in sample.items():
+                if isinstance(value, bytes):
+                    flat = np.frombuffer(value, dtype=np.uint8)
+                    dtype: str | None = None
+                    shape: tuple[int, ...] = ()
+                elif isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and value.size:
+                    flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+                    dtype, shape = value.dtype.str, value.shape
+                else:
+                    continue
+                spec.append((i, key, offset, flat.nbytes, dtype, shape))
+                pieces.append(flat)
+                offset += flat.nbytes
+        if not spec:
+            return
+        buf = torch.empty(offset, dtype=torch.uint8)
+        out = buf.numpy()
+        for (_, _, start, n, _, _), flat in zip(spec, pieces):
+            out[start : start + n] = flat
+        for i, key, *_ in spec:
+            self.samples[i][1][key] = None
+        self.packed, self.packed_spec = buf, spec
+
+    def unpack(self) -> None:
+        """Undo :meth:`pack` (a no-op for a result that was not packed)."""
+        if self.packed is None:
+            return
+        buf = self.packed.numpy()
+        for i, key, start, n, dtype, shape in self.packed_spec:
+            view = buf[start : start + n]
+            self.samples[i][1][key] = view.tobytes() if dtype is None else view.view(np.dtype(dtype)).reshape(shape)
+        self.packed, self.packed_spec = None, []
 
 
 class UnitFetcher:
@@ -63,6 +117,8 @@ class UnitFetcher:
             storage, where each request pays a round trip.
         fields: Field names to keep (others are dropped before decoding), or None for all.
             ``id``, ``label`` and ``__key__`` are always kept.
+        pack: :meth:`UnitResult.pack` each result, for results that cross to another
+            process (the loader sets it when it has worker processes).
     """
 
     def __init__(
@@ -73,6 +129,7 @@ class UnitFetcher:
         transform: Transform | None = None,
         io_threads: int = 1,
         fields: tuple[str, ...] | None = None,
+        pack: bool = False,
     ) -> None:
         if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
             raise ConfigError(f"io_threads={io_threads!r} must be an int >= 1")
@@ -88,6 +145,7 @@ class UnitFetcher:
         self.decode = decode
         self.transform = transform
         self.io_threads = io_threads
+        self.pack = pack
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = -1
         self._lock = threading.Lock()
@@ -149,4 +207,6 @@ class UnitFetcher:
             result.requests += 1
             result.gap_bytes += block.gap_bytes
             result.samples.extend(self._samples(block, data))
+        if self.pack:
+            result.pack()
         return result

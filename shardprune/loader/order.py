@@ -97,6 +97,7 @@ class PlanOrder(BaseNode[SampleBatch]):
                 ) from None
             if self.on_result is not None:
                 self.on_result(result)
+            result.unpack()
             for slot, sample in result.samples:
                 held[slot] = sample
         self._next = b + 1

@@ -214,6 +214,7 @@ class StreamingLoader:
             transform=transform,
             io_threads=self.io_concurrency,
             fields=None if fields is None else tuple(fields),
+            pack=self.num_workers > 0,
         )
         m = self.dataset.manifest
         self._lengths = np.asarray(m.length, dtype=np.int64)

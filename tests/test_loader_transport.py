@@ -1,0 +1,82 @@
+"""A read unit's samples cross from a worker process as one shared-memory tensor, unchanged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.multiprocessing as mp
+
+from shardprune.loader.fetch import UnitResult
+
+
+def _result() -> UnitResult:
+    rng = np.random.default_rng(0)
+    samples = [
+        (5, {"id": 12, "label": 3, "__key__": "0000000012", "jpg": rng.bytes(1000), "txt": "a caption"}),
+        (
+            2,
+            {
+                "id": 2**40 + 3,
+                "npy": rng.standard_normal((3, 4)).astype(np.float32),
+                "img": rng.integers(0, 255, (3, 8, 8), dtype=np.uint8),
+                "tokens": rng.integers(0, 50_000, 17, dtype=np.int64),
+                "empty": np.zeros((0, 4), dtype=np.float32),
+                "raw": b"",
+            },
+        ),
+    ]
+    return UnitResult(index=7, samples=samples, bytes_read=11, requests=2, gap_bytes=1)
+
+
+def _same(a: UnitResult, b: UnitResult) -> None:
+    assert (a.index, a.bytes_read, a.requests, a.gap_bytes) == (b.index, b.bytes_read, b.requests, b.gap_bytes)
+    assert [slot for slot, _ in a.samples] == [slot for slot, _ in b.samples]
+    for (_, x), (_, y) in zip(a.samples, b.samples):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], np.ndarray):
+                assert isinstance(y[key], np.ndarray)
+                assert x[key].dtype == y[key].dtype and x[key].shape == y[key].shape
+                np.testing.assert_array_equal(x[key], y[key])
+            else:
+                assert type(x[key]) is type(y[key]) and x[key] == y[key], key
+
+
+def test_pack_then_unpack_restores_every_value() -> None:
+    want, got = _result(), _result()
+    got.pack()
+    assert got.packed is not None
+    assert got.samples[0][1]["jpg"] is None  # the bytes left the sample dicts
+    assert got.samples[0][1]["txt"] == "a caption"  # what cannot be packed stays
+    got.unpack()
+    assert got.packed is None
+    _same(want, got)
+
+
+def test_unpack_of_an_unpacked_result_changes_nothing() -> None:
+    want, got = _result(), _result()
+    got.unpack()
+    _same(want, got)
+
+
+def _send(q: "mp.Queue[UnitResult]", received: Any) -> None:
+    result = _result()
+    result.pack()
+    q.put(result)
+    received.wait(60)  # the sender lives until the receiver has mapped the shared memory, as workers do
+
+
+def test_packed_result_crosses_a_real_process_queue() -> None:
+    ctx = mp.get_context("spawn")
+    q: "mp.Queue[UnitResult]" = ctx.Queue()
+    received = ctx.Event()
+    proc = ctx.Process(target=_send, args=(q, received))
+    proc.start()
+    got = q.get(timeout=60)
+    received.set()
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    assert got.packed is not None and got.packed.is_shared()
+    got.unpack()
+    _same(_result(), got)
