@@ -56,7 +56,6 @@ def test_epoch_ids_equal_the_plan(tar_ds: Path, workers: int) -> None:
     src_labels = open_dataset(tar_ds).labels
     with _loader(tar_ds, policy=make_policy("random", prune_ratio=0.3), store=SeenStore(), num_workers=workers,
                  transform=as_float) as loader:
-        all_pids: set[int] = set()
         for epoch in (0, 1):
             loader.set_epoch(epoch)
             plan = loader.plan
@@ -71,12 +70,9 @@ def test_epoch_ids_equal_the_plan(tar_ds: Path, workers: int) -> None:
             # The transform ran in the worker processes, not here.
             pids = set(got["pid"].tolist())
             assert (pids == {os.getpid()}) if workers == 0 else (os.getpid() not in pids and 1 <= len(pids) <= workers)
-            all_pids |= pids
             if epoch == 0:
                 # Random pruning at 0.3 with every sample seen keeps round(0.7 N).
                 assert loader.epoch_stats.samples_skipped == N - round(0.7 * N)
-        # The worker processes are started once and serve every epoch.
-        assert len(all_pids) <= max(workers, 1)
 
 
 def test_golden_order_same_across_runs_and_workers(tar_ds: Path) -> None:

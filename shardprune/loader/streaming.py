@@ -6,14 +6,13 @@ the slots into range reads (:mod:`shardprune.loader.ioplan`). Iterating runs a
 ``torchdata.nodes`` pipeline::
 
     IterableWrapper(read units)                       # read order, from the resume cursor
-      -> PoolMapper(UnitFetcher, num_workers)        # read + CRC + decode + transform
+      -> ParallelMapper(UnitFetcher, num_workers)    # read + CRC + decode + transform
       -> PlanOrder                                   # back to plan order, cut into batches
       -> Mapper(BatchAssembler)                      # collate, weights, Mixup
       -> PinMemory (CUDA) -> Prefetcher(prefetch_batches)
 
 With ``num_workers=0`` the fetch runs in the training process; otherwise in worker
-processes (:mod:`shardprune.loader.pool`) started once, at the first epoch, with
-``multiprocessing_context`` (forkserver by default) and reused until :meth:`close`; they
+processes started with ``multiprocessing_context`` (forkserver by default), which
 receive only the pickled dataset (URL and manifest arrays), options and the caller's
 ``AWS_*`` / ``FSSPEC_*`` environment variables, never a score store or an fsspec client.
 """
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torchdata.nodes import BaseNode, IterableWrapper, Mapper, PinMemory, Prefetcher
+from torchdata.nodes import BaseNode, IterableWrapper, Mapper, ParallelMapper, PinMemory, Prefetcher
 
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
@@ -39,7 +38,6 @@ from shardprune.loader.fetch import UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit, plan_reads
 from shardprune.loader.order import BatchAssembler, PlanOrder
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
-from shardprune.loader.pool import PoolMapper, WorkerPool
 from shardprune.loader.stats import EpochStats
 from shardprune.policies import make_policy
 from shardprune.policies.decision import EpochDecision, Policy
@@ -218,7 +216,6 @@ class StreamingLoader:
             fields=None if fields is None else tuple(fields),
             pack=self.num_workers > 0,
         )
-        self._pool = WorkerPool(self.fetcher, self.num_workers, multiprocessing_context) if self.num_workers else None
         m = self.dataset.manifest
         self._lengths = np.asarray(m.length, dtype=np.int64)
         self.snapshot: ScoreSnapshot | None = None
@@ -340,8 +337,14 @@ class StreamingLoader:
         if self.num_workers == 0:
             fetched = Mapper(units, self.fetcher)
         else:
-            assert self._pool is not None
-            fetched = PoolMapper(units, self._pool, in_flight=2 * self.num_workers)
+            fetched = ParallelMapper(
+                units,
+                self.fetcher,
+                num_workers=self.num_workers,
+                in_order=True,
+                method="process",
+                multiprocessing_context=self.multiprocessing_context,
+            )
         ordered = PlanOrder(fetched, plan, start_batch=start, on_result=self._count)
         decision = self.decision
         assert decision is not None
@@ -395,10 +398,8 @@ class StreamingLoader:
             _stop(node)
 
     def close(self) -> None:
-        """Stop the pipeline and the worker processes, and close this process's file handles."""
+        """Stop the pipeline and close this process's file handles."""
         self.shutdown()
-        if self._pool is not None:
-            self._pool.close()
         self.dataset.storage.close()
 
     def __enter__(self) -> "StreamingLoader":
@@ -504,9 +505,6 @@ def _digest(doc: dict[str, Any]) -> str:
 
 def _stop(node: Any) -> None:
     """Shut down the threads/processes behind a torchdata node (they live in ``_it``)."""
-    if isinstance(node, PoolMapper):
-        node.cancel()  # the pool's processes outlive the epoch
-        return
     it = getattr(node, "_it", None)
     depth = 0
     while it is not None and depth < 4:
