@@ -144,3 +144,21 @@ def write_mixed_tars(root: Path, n: int = 12) -> list[dict[str, Any]]:
         for w in writers:
             w.close()
     return expected
+
+
+class KillWorkerOnce:
+    """Transform that SIGKILLs its worker process the first time it runs while ``marker`` exists.
+
+    The marker is removed first, so the workers of the next pass proceed normally.
+    """
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, sample: Sample) -> Sample:
+        try:
+            os.remove(self.marker)
+        except FileNotFoundError:
+            return sample
+        os.kill(os.getpid(), 9)
+        return sample

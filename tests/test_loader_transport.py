@@ -1,12 +1,17 @@
-"""A read unit's samples cross from a worker process as one shared-memory tensor, unchanged."""
+"""Worker processes: results cross as one shared-memory tensor, unchanged; a dead worker is an error, not a hang."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch.multiprocessing as mp
+from loader_data import KillWorkerOnce, write_dataset
 
+from shardprune.errors import FetchError
+from shardprune.loader import StreamingLoader
 from shardprune.loader.fetch import UnitResult
 
 
@@ -80,3 +85,19 @@ def test_packed_result_crosses_a_real_process_queue() -> None:
     assert got.packed is not None and got.packed.is_shared()
     got.unpack()
     _same(_result(), got)
+
+
+def test_a_killed_worker_fails_the_epoch_clearly_and_a_new_pass_recovers(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "ds")
+    marker = tmp_path / "kill-once"
+    marker.touch()
+    with StreamingLoader(tmp_path / "ds", batch_size=16, num_epochs=2, num_workers=2, shuffle_buffer=32,
+                         transform=KillWorkerOnce(str(marker))) as loader:
+        loader.set_epoch(0)
+        with pytest.raises(FetchError, match=r"worker process \d+ died \(exit code -9"):
+            for _ in loader:
+                pass
+        assert not marker.exists()
+        ids = [i for batch in loader for i in batch["ids"].tolist()]  # the epoch again, new workers
+        assert loader.plan is not None
+        assert ids == loader.plan.ids().tolist()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -31,7 +32,7 @@ from torchdata.nodes import BaseNode, IterableWrapper, Mapper, ParallelMapper, P
 
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
-from shardprune.errors import CheckpointMismatchError, ConfigError
+from shardprune.errors import CheckpointMismatchError, ConfigError, FetchError
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.fetch import UnitFetcher, UnitResult
@@ -380,12 +381,23 @@ class StreamingLoader:
         # The I/O counters describe this pass only: a replayed or resumed epoch starts at zero.
         stats.bytes_read = stats.gap_bytes = stats.requests = 0
         stats.batches = start
+        watch = _WorkerWatch(nodes[-1]) if self.num_workers else None
         try:
             for batch in root:
                 self._yielded += 1
                 self.epoch_stats.batches = self._yielded
                 yield batch
+        except Exception as exc:
+            if watch is not None and watch.dead is not None:
+                pid, code = watch.dead
+                raise FetchError(
+                    f"loader worker process {pid} died (exit code {code}: killed, e.g. out of memory) during "
+                    f"epoch {plan.epoch}; iterate again to restart the epoch's workers, or resume from a checkpoint"
+                ) from exc
+            raise
         finally:
+            if watch is not None:
+                watch.stop()
             for node in nodes:
                 _stop(node)
             if self._active is nodes:
@@ -497,6 +509,50 @@ def _preload_forkserver(modules: tuple[str, ...]) -> None:
     missing = [m for m in modules if m not in current]
     if missing:
         forkserver.set_forkserver_preload(current + missing)
+
+
+class _WorkerWatch:
+    """Notice a fetch worker process that died, and end the epoch instead of hanging.
+
+    ``torchdata``'s ``ParallelMapper`` waits forever for the result of a worker that was
+    killed (SIGKILL, the OOM killer). This thread polls the worker processes every
+    ``interval_s``; when one has exited with a non-zero code it records ``dead = (pid,
+    exit code)`` and stops the mapper, whose iteration then ends early, and the loader
+    raises :class:`FetchError` naming the process.
+    """
+
+    def __init__(self, mapper: BaseNode[Any], interval_s: float = 0.5) -> None:
+        self.mapper = mapper
+        self.interval_s = interval_s
+        self.dead: tuple[int, int] | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shardprune-worker-watch", daemon=True)
+        self._thread.start()
+
+    def _mapper_iter(self) -> Any:
+        it = getattr(self.mapper, "_it", None)
+        for _ in range(4):
+            if it is None or hasattr(it, "_workers"):
+                return it
+            it = getattr(it, "_it", None)
+        return None
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            it = self._mapper_iter()
+            for worker in list(getattr(it, "_workers", ())):
+                code = getattr(worker, "exitcode", None)
+                if code:
+                    self.dead = (int(worker.pid), int(code))
+                    for event in ("_stop", "_mp_stop"):
+                        flag = getattr(it, event, None)
+                        if flag is not None:
+                            flag.set()
+                    return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
 
 
 def _digest(doc: dict[str, Any]) -> str:
