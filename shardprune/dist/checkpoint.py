@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 
-from shardprune.dist.collectives import Group, agree, all_gather_bytes, broadcast_bytes, require_initialized
+from shardprune.dist.collectives import (
+    all_gather_bytes,
+    broadcast_bytes,
+    raise_together,
+    require_initialized,
+)
 from shardprune.dist.sync import DistributedScores
 from shardprune.errors import CheckpointMismatchError, DistributedError
 from shardprune.storage import Storage
@@ -69,15 +74,6 @@ def _split(url: str | os.PathLike[str], storage_options: dict[str, Any] | None) 
     if not name or parent.endswith(":/"):
         raise CheckpointMismatchError(f"checkpoint url {url!r} must name a file, e.g. s3://bucket/run/ckpt.json")
     return Storage(parent, storage_options), name
-
-
-def _raise_together(error: BaseException | None, group: Group, what: str) -> None:
-    """Every rank learns whether any rank failed; the failing ranks raise their own error."""
-    failed = agree(error is None, group)
-    if error is not None:
-        raise error
-    if failed:
-        raise DistributedError(f"rank(s) {failed} failed while {what}; see their error")
 
 
 def save_checkpoint(
@@ -145,7 +141,7 @@ def save_checkpoint(
             storage.write_bytes_atomic(name, json.dumps(doc, sort_keys=True, indent=1).encode())
         except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
             error = exc
-    _raise_together(error, group, f"writing checkpoint {os.fspath(url)}")
+    raise_together(error, group, f"failed while writing checkpoint {os.fspath(url)}")
     return doc
 
 
@@ -230,7 +226,7 @@ def load_checkpoint(
             data = storage.read_bytes(name)
         except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
             error = exc
-    _raise_together(error, group, f"reading checkpoint {where}")
+    raise_together(error, group, f"failed while reading checkpoint {where}")
     doc = _parse(broadcast_bytes(data, 0, group), where)
     relayout = doc["world_size"] != world
     if relayout and not doc["epoch_complete"]:
@@ -253,6 +249,6 @@ def load_checkpoint(
             loader.load_state_dict(doc["loaders"][rank])
     except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
         error = exc
-    _raise_together(error, group, f"restoring the loader from {where}")
+    raise_together(error, group, f"failed while restoring the loader from {where}")
     extra: dict[str, Any] = doc["extra"]
     return extra

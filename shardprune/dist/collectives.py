@@ -62,6 +62,16 @@ def agree(ok: bool, group: Group = None) -> list[int]:
     return [int(r) for r in np.flatnonzero(flags == 0)]
 
 
+def raise_together(error: BaseException | None, group: Group, what: str) -> None:
+    """Every rank learns whether any rank failed (collective); the failing ranks raise their own
+    ``error``, the others :class:`DistributedError` saying ``rank(s) [..] {what}; see their error``."""
+    failed = agree(error is None, group)
+    if error is not None:
+        raise error
+    if failed:
+        raise DistributedError(f"rank(s) {failed} {what}; see their error")
+
+
 def pad_to(t: torch.Tensor, length: int) -> torch.Tensor:
     """``t`` (1-D) extended with zeros to ``length``."""
     if t.shape[0] == length:

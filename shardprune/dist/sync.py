@@ -26,11 +26,11 @@ import torch.distributed as dist
 
 from shardprune.dist.collectives import (
     Group,
-    agree,
     all_gather_ints,
     all_gather_varlen,
     exchange_with_headers,
     group_device,
+    raise_together,
     require_initialized,
 )
 from shardprune.errors import ConfigError, DistributedError, InvalidLossError
@@ -149,13 +149,12 @@ class DistributedScores:
                     store = ScoreStore(url, num_samples, dataset_fingerprint, writer=turn, **store_options)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the others
                     error = exc
-            failed = agree(error is None, group)
-            if error is not None:
-                raise error
-            if failed:
+            try:
+                raise_together(error, group, f"could not open the score store {url}")
+            except DistributedError:
                 if store is not None:
                     store.close()
-                raise DistributedError(f"rank(s) {failed} could not open the score store {url}; see their error")
+                raise
         assert store is not None
         return cls(store, group=group, sync_every=sync_every)
 
@@ -329,11 +328,7 @@ class DistributedScores:
                     self.store.load_state_dict(state)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the others
                     error = exc
-            failed = agree(error is None, self.group)
-            if error is not None:
-                raise error
-            if failed:
-                raise DistributedError(f"rank(s) {failed} could not restore the score state; see their error")
+            raise_together(error, self.group, "could not restore the score state")
 
     def close(self, *, sync: bool = True) -> None:
         """Sync the last reports (collective unless ``sync=False``), then close the local store.

@@ -131,10 +131,9 @@ def plan_reads(
         raise ConfigError(f"max_block={max_block} must be >= 1 byte")
     if not gap_budget >= 0:
         raise ConfigError(f"gap_budget={gap_budget} must be >= 0 (a fraction of the planned bytes; 0 disables it)")
-    sh = shard[ids].tolist()
-    off = offset[ids].tolist()
-    ln = length[ids].tolist()
-    bridge = _bridgeable(np.asarray(shard[ids]), np.asarray(offset[ids]), np.asarray(length[ids]), max_gap, gap_budget)
+    sh_a, off_a, ln_a = np.asarray(shard[ids]), np.asarray(offset[ids]), np.asarray(length[ids])
+    bridge = _bridgeable(sh_a, off_a, ln_a, max_gap, gap_budget)
+    sh, off, ln = sh_a.tolist(), off_a.tolist(), ln_a.tolist()
     slot_list = [int(s) for s in slots]
     id_list = [int(i) for i in ids]
     blocks: list[ReadBlock] = []
