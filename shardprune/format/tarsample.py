@@ -88,36 +88,35 @@ def parse_sample(data: bytes, where: str) -> tuple[str, dict[str, bytes]]:
     Raises:
         CorruptSampleError: the bytes are not tar members of one key.
     """
+    members = _ustar_members(data, where)
+    if members is None:
+        members = _tarfile_members(data, where)
     fields: dict[str, bytes] = {}
     key: str | None = None
-    members = _ustar_members(data, where)
-    if members is not None:
-        for name, value in members:
-            k, ext = split_key(name)
-            if key is None:
-                key = k
-            elif k != key:
-                raise CorruptSampleError(f"{where}: members of two keys {key!r} and {k!r} in one sample")
-            fields[ext] = value
+    for name, value in members:
+        k, ext = split_key(name)
         if key is None:
-            raise CorruptSampleError(f"{where}: no tar member found in the sample's byte range")
-        return key, fields
+            key = k
+        elif k != key:
+            raise CorruptSampleError(f"{where}: members of two keys {key!r} and {k!r} in one sample")
+        fields[ext] = value
+    if key is None:
+        raise CorruptSampleError(f"{where}: no tar member found in the sample's byte range")
+    return key, fields
+
+
+def _tarfile_members(data: bytes, where: str) -> list[tuple[str, bytes]]:
+    """The ``(name, bytes)`` of the regular members, read by ``tarfile`` (pax, GNU, base-256)."""
+    out: list[tuple[str, bytes]] = []
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
-                k, ext = split_key(info.name)
-                if key is None:
-                    key = k
-                elif k != key:
-                    raise CorruptSampleError(f"{where}: members of two keys {key!r} and {k!r} in one sample")
                 f = tar.extractfile(info)
                 if f is None:  # pragma: no cover - regular files always have a file object
                     raise CorruptSampleError(f"{where}: member {info.name!r} has no data")
-                fields[ext] = f.read()
+                out.append((info.name, f.read()))
     except tarfile.TarError as exc:
         raise CorruptSampleError(f"{where}: not a tar member ({exc})") from exc
-    if key is None:
-        raise CorruptSampleError(f"{where}: no tar member found in the sample's byte range")
-    return key, fields
+    return out
