@@ -25,8 +25,8 @@ class ScoreSink(Protocol):
     reports of every rank before storing them is another.
     """
 
-    def update(self, ids: Any, losses: Any) -> None:
-        """Record one loss per id (``ids`` and ``losses`` have the same length)."""
+    def update(self, ids: Any, losses: Any, *, epoch: int | None = None) -> None:
+        """Record one loss per id (``ids`` and ``losses`` have the same length), made in ``epoch``."""
         ...
 
     def record_skipped(self, count: int, reason: str) -> None:
@@ -38,7 +38,8 @@ def weighted_loss(batch: Mapping[str, Any], per_sample_loss: torch.Tensor, store
     """Return ``mean(weights * loss)`` and send the unmixed samples' losses to ``store``.
 
     Args:
-        batch: The loader's batch: ``"ids"`` (int64 tensor), ``"weights"`` (float tensor;
+        batch: The loader's batch: ``"ids"`` (int64 tensor), ``"epoch"`` (int, passed on to
+            ``store.update(..., epoch=)``; absent means the store's own), ``"weights"`` (float tensor;
             absent means weight 1) and optionally ``"mixed"`` (bool tensor, True where the
             sample was Mixup-blended; its loss is not the sample's own and is not reported,
             only counted in ``store.stats["skipped_mixed"]``). Keep ``"mixed"`` on the CPU:
@@ -80,9 +81,11 @@ def weighted_loss(batch: Mapping[str, Any], per_sample_loss: torch.Tensor, store
 
 
 def _report(batch: Mapping[str, Any], ids: Any, losses: torch.Tensor, store: ScoreSink) -> None:
+    # The batch says which epoch it belongs to, so no separate store.set_epoch is needed.
+    at: dict[str, int] = {} if batch.get("epoch") is None else {"epoch": int(batch["epoch"])}
     mixed = batch.get("mixed")
     if mixed is None:
-        store.update(ids, losses)
+        store.update(ids, losses, **at)
         return
     mask = torch.as_tensor(mixed, dtype=torch.bool).cpu()
     if mask.shape != losses.shape:
@@ -93,8 +96,8 @@ def _report(batch: Mapping[str, Any], ids: Any, losses: torch.Tensor, store: Sco
     if n_mixed == len(mask):
         return
     if n_mixed == 0:
-        store.update(ids, losses)
+        store.update(ids, losses, **at)
         return
     keep = torch.nonzero(~mask).squeeze(1)
     ids_t = torch.as_tensor(ids)
-    store.update(ids_t[keep.to(ids_t.device)], losses.index_select(0, keep.to(losses.device, non_blocking=True)))
+    store.update(ids_t[keep.to(ids_t.device)], losses.index_select(0, keep.to(losses.device, non_blocking=True)), **at)

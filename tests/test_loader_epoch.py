@@ -79,9 +79,10 @@ def test_golden_order_same_across_runs_and_workers(tar_ds: Path) -> None:
     with _loader(tar_ds) as a:
         first = epoch_ids(a)
         assert first[:10] == GOLDEN_EPOCH0
-        assert epoch_ids(a) == first  # iterating again replays the epoch
-        a.set_epoch(1)
-        second = epoch_ids(a)
+        second = epoch_ids(a)  # iterating again, without set_epoch, serves epoch 1
+        assert a.plan is not None and a.plan.epoch == 1
+        a.set_epoch(0)
+        assert epoch_ids(a) == first  # set_epoch replays an epoch exactly
     assert second != first and sorted(second) != [] and len(second) == len(first)
     with _loader(tar_ds, num_workers=2) as b:
         assert epoch_ids(b) == first
@@ -143,18 +144,18 @@ def test_len_stats_and_bytes_read_equal_the_plan(tar_ds: Path) -> None:
             if budget is not None:
                 # Read-through gaps within 30% of the planned bytes, for fewer requests.
                 assert 0 < s.gap_bytes <= 0.3 * s.bytes_kept and s.bytes_read == s.bytes_kept + s.gap_bytes
-                assert s.requests < summarize(
-                    _loader(tar_ds, policy=make_policy("random", prune_ratio=0.5), store=SeenStore(),
-                            batch_size=10).read_units()
-                ).requests
+                with _loader(tar_ds, policy=make_policy("random", prune_ratio=0.5), store=SeenStore(),
+                             batch_size=10) as plain:
+                    plain.set_epoch(0)
+                    assert s.requests < summarize(plain.read_units()).requests
             elif max_gap == 0:
                 assert s.bytes_read == s.bytes_kept and s.gap_bytes == 0
             else:
                 assert s.gap_bytes > 0 and s.bytes_read == s.bytes_kept + s.gap_bytes
-                assert s.requests < summarize(
-                    _loader(tar_ds, policy=make_policy("random", prune_ratio=0.5), store=SeenStore(),
-                            batch_size=10).read_units()
-                ).requests
+                with _loader(tar_ds, policy=make_policy("random", prune_ratio=0.5), store=SeenStore(),
+                             batch_size=10) as plain:
+                    plain.set_epoch(0)
+                    assert s.requests < summarize(plain.read_units()).requests
 
 
 def _flip(ds_root: Path, sample: int) -> tuple[str, int]:
@@ -233,7 +234,7 @@ def test_bad_arguments_name_value_and_range(tar_ds: Path) -> None:
         ({"multiprocessing_context": "fork"}, ConfigError, r"'fork' is not one of \('forkserver', 'spawn'\)"),
         ({"fields": ["nope"]}, ConfigError, r"unknown field\(s\) \['nope'\]; the dataset has \['cls', 'npy'\]"),
         ({"max_gap": -5}, ConfigError, r"max_gap=-5 must be an int >= 0"),
-        ({"gap_budget": -0.1}, ConfigError, r"gap_budget=-0.1 must be a number in \[0, 10\]"),
+        ({"gap_budget": -0.1}, ConfigError, r"gap_budget=-0.1 must be a finite number in \[0, 10\]"),
         ({"policy": "bogus"}, ConfigError, r"unknown pruning policy 'bogus'; choose one of"),
         ({"store": object()}, ConfigError, r"has no snapshot\(\) method"),
         ({"shuffle_buffer": 0}, ConfigError, r"shuffle_buffer=0 must be an int >= 1"),
@@ -247,8 +248,18 @@ def test_bad_arguments_name_value_and_range(tar_ds: Path) -> None:
     with pytest.raises(DistributedError, match=r"rank=2 is outside 0..1"):
         World(2, 2)
     loader = _loader(tar_ds)
-    with pytest.raises(ConfigError, match=r"epoch=3 is outside 0..2 \(num_epochs=3\)"):
-        loader.set_epoch(3)
+    with pytest.raises(ConfigError, match=r"epoch=-1 must be an int >= 0"):
+        loader.set_epoch(-1)
+    with pytest.raises(ConfigError, match=r"num_epochs=None, num_steps=None: pass exactly one"):
+        _loader(tar_ds, num_epochs=None)
+    with pytest.raises(ConfigError, match=r"num_epochs=3, num_steps=5: pass exactly one"):
+        _loader(tar_ds, num_steps=5)
+    with pytest.raises(ConfigError, match=r"num_steps=0 must be an int >= 1"):
+        _loader(tar_ds, num_epochs=None, num_steps=0)
+    with pytest.raises(ConfigError, match=r"set_epoch\(1\) on a loader with num_steps=5: step mode"):
+        _loader(tar_ds, num_epochs=None, num_steps=5).set_epoch(1)
+    with pytest.raises(ConfigError, match=r"no epoch is planned yet; call set_epoch"):
+        loader.read_units()
     with pytest.raises(CheckpointMismatchError, match=r"keys"):
         loader.load_state_dict({"epoch": 0})
     # Mixup asked for on a batch with nothing float to blend: a clear error, not a silent no-op.

@@ -78,6 +78,10 @@ def _check_resume(ds: Path, epoch: int, stops: list[int] | None = None, **kw: An
         assert state["batches_yielded"] == k and state["epoch"] == epoch
         with _make(ds, **kw) as second:
             second.load_state_dict(state)
+            if k == len(full):
+                # A finished epoch is not served again by iter() alone (it moves on, tested
+                # below); the explicit loop's set_epoch of the same epoch keeps the position.
+                second.set_epoch(epoch)
             remaining = summarize(second.read_units(k))
             rest = [_arrays(b) for b in second]
             assert second.epoch_stats.batches == len(full)
@@ -157,5 +161,5 @@ def test_mismatched_checkpoint_is_refused_showing_both(ds: Path) -> None:
     bad = dict(state, batches_yielded=10_000)
     with pytest.raises(CheckpointMismatchError, match=r"batches_yielded=10000 \(in checkpoint\) is outside 0\.\."):
         _make(ds).load_state_dict(bad)
-    with pytest.raises(CheckpointMismatchError, match=r"version 99 \(in checkpoint\) vs 1 \(now\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"version 99 \(in checkpoint\) vs 2 \(now\)"):
         _make(ds).load_state_dict(dict(state, version=99))

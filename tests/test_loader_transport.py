@@ -94,10 +94,11 @@ def test_a_killed_worker_fails_the_epoch_clearly_and_a_new_pass_recovers(tmp_pat
     with StreamingLoader(tmp_path / "ds", batch_size=16, num_epochs=2, num_workers=2, shuffle_buffer=32,
                          transform=KillWorkerOnce(str(marker))) as loader:
         loader.set_epoch(0)
-        with pytest.raises(FetchError, match=r"worker process \d+ died \(exit code -9"):
+        with pytest.raises(FetchError, match=r"worker process \d+ died \(exit code -9.* set_epoch\(0\)"):
             for _ in loader:
                 pass
         assert not marker.exists()
-        ids = [i for batch in loader for i in batch["ids"].tolist()]  # the epoch again, new workers
-        assert loader.plan is not None
+        loader.set_epoch(0)  # as the error says: the epoch again, with new workers
+        ids = [i for batch in loader for i in batch["ids"].tolist()]
+        assert loader.plan is not None and loader.plan.epoch == 0
         assert ids == loader.plan.ids().tolist()

@@ -25,6 +25,7 @@ import torch
 from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
 from shardprune.loader.decode import Sample, Transform, decode_sample
+from shardprune.loader.failure import WorkerFailure
 from shardprune.loader.ioplan import ReadBlock, ReadUnit
 
 
@@ -50,6 +51,9 @@ class UnitResult:
         bytes_read: Bytes requested from storage.
         requests: Range requests made.
         gap_bytes: Bytes read between samples and discarded.
+        error: Set instead of samples when reading the unit failed in a worker process
+            (the training process re-raises the original exception, see
+            :mod:`shardprune.loader.failure`).
 
     Between processes: a worker calls :meth:`pack`, which moves every ``bytes`` value and
     numeric ndarray of the samples into one uint8 tensor; torch's process queues pass a
@@ -65,6 +69,7 @@ class UnitResult:
     gap_bytes: int = 0
     packed: torch.Tensor | None = None
     packed_spec: list[_Packed] = field(default_factory=list)
+    error: WorkerFailure | None = None
 
     def pack(self) -> None:
         """Move the samples' bytes and numeric arrays into :attr:`packed` (one buffer)."""
@@ -197,6 +202,16 @@ class UnitFetcher:
         return out
 
     def __call__(self, unit: ReadUnit) -> UnitResult:
+        if not self.pack:
+            return self._fetch(unit)
+        # In a worker process: the exception travels as a value, so the training process
+        # re-raises it as it was (not torchdata's re-raise with the traceback in the message).
+        try:
+            return self._fetch(unit)
+        except Exception as exc:  # noqa: BLE001 - every error is re-raised in the training process
+            return UnitResult(index=unit.index, error=WorkerFailure.capture(exc))
+
+    def _fetch(self, unit: ReadUnit) -> UnitResult:
         result = UnitResult(index=unit.index)
         if self.io_threads > 1 and len(unit.blocks) > 1:
             datas = list(self._executor().map(self.read_block, unit.blocks))

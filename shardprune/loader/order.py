@@ -95,6 +95,8 @@ class PlanOrder(BaseNode[SampleBatch]):
                     f"read units ended before batch {b} was complete (missing plan slots {missing[:8]}); "
                     "this is a bug in the I/O plan"
                 ) from None
+            if result.error is not None:
+                raise result.error.rebuild()
             if self.on_result is not None:
                 self.on_result(result)
             result.unpack()
@@ -105,7 +107,7 @@ class PlanOrder(BaseNode[SampleBatch]):
 
 
 class BatchAssembler:
-    """Collate a :data:`SampleBatch` and add ``weights`` and the Mixup fields.
+    """Collate a :data:`SampleBatch` and add ``weights``, ``epoch`` (int) and the Mixup fields.
 
     Args:
         plan: The epoch plan (weights and pad flags of each slot).
@@ -140,6 +142,8 @@ class BatchAssembler:
         if not self.keep_label:
             batch.pop("label", None)
         batch["weights"] = torch.from_numpy(self.plan.slot_weights[slots].astype(np.float32))
+        # The score store records each report under the epoch of the batch it came from.
+        batch["epoch"] = self.plan.epoch
         return apply_mixup(
             batch,
             eligible=~self.plan.slot_padded[slots],

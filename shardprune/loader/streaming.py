@@ -1,54 +1,77 @@
 """StreamingLoader: pruned epochs read straight from shards, so pruned bytes are never read.
 
-Per epoch (:meth:`StreamingLoader.set_epoch`): freeze the score snapshot, ask the policy
-for keep decisions, plan this rank's slots (:mod:`shardprune.loader.plan`), and group
-the slots into range reads (:mod:`shardprune.loader.ioplan`). Iterating runs a
-``torchdata.nodes`` pipeline::
+The loader is three parts: :mod:`~shardprune.loader.epochs` (pure: snapshot + policy +
+configuration -> decision, plan, stats), :mod:`~shardprune.loader.pipeline` (the worker
+lifecycle: the torchdata graph that reads one pass), and this module, which drives them:
+which epoch the next ``iter()`` serves, from which batch, and the resumable state.
 
-    IterableWrapper(read units)                       # read order, from the resume cursor
-      -> ParallelMapper(UnitFetcher, num_workers)    # read + CRC + decode + transform
-      -> PlanOrder                                   # back to plan order, cut into batches
-      -> Mapper(BatchAssembler)                      # collate, weights, Mixup
-      -> PinMemory (CUDA) -> Prefetcher(prefetch_batches)
+Epochs advance by themselves:
 
-With ``num_workers=0`` the fetch runs in the training process; otherwise in worker
-processes started with ``multiprocessing_context`` (forkserver by default), which
-receive only the pickled dataset (URL and manifest arrays), options and the caller's
-``AWS_*`` / ``FSSPEC_*`` environment variables, never a score store or an fsspec client.
+* ``iter()`` serves the epoch chosen by the last :meth:`StreamingLoader.set_epoch` or
+  :meth:`StreamingLoader.load_state_dict`, if one was chosen since the last ``iter()``;
+  otherwise the epoch after the last one served (epoch 0 first), as MosaicML Streaming
+  and litdata do. So a framework that never calls ``set_epoch`` (Lightning calls only
+  ``sampler.set_epoch``) still gets a fresh, pruned epoch per pass. A pass abandoned
+  halfway is not replayed: the next ``iter()`` starts the next epoch.
+* Epochs at or past ``num_epochs`` are valid and read all data (every policy anneals).
+* Step mode (``num_steps=``): one ``iter()`` is one stream of ``num_steps`` batches
+  across epochs; the policy anneals by steps (see :mod:`~shardprune.loader.epochs`). A
+  stream left halfway continues where it stopped on the next ``iter()``.
+
+An epoch is planned when it starts (its scores frozen then), on the training thread.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-import numpy as np
 import torch
-from torchdata.nodes import BaseNode, IterableWrapper, Mapper, ParallelMapper, PinMemory, Prefetcher
 
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
-from shardprune.errors import CheckpointMismatchError, ConfigError, FetchError
+from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
+from shardprune.loader.epochs import EpochPlanner, PlannedEpoch, full_batches
 from shardprune.loader.fetch import UnitFetcher, UnitResult
-from shardprune.loader.ioplan import ReadUnit, plan_reads
-from shardprune.loader.order import BatchAssembler, PlanOrder
-from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
+from shardprune.loader.ioplan import ReadUnit
+from shardprune.loader.order import BatchAssembler
+from shardprune.loader.pipeline import (
+    FORKSERVER_PRELOAD,
+    FORKSERVER_PRELOAD_REMOTE,
+    EpochPipeline,
+    preload_forkserver,
+)
+from shardprune.loader.plan import EpochPlan, PlanConfig
 from shardprune.loader.stats import EpochStats
 from shardprune.policies import make_policy
 from shardprune.policies.decision import EpochDecision, Policy
 from shardprune.scores.snapshot import ScoreSnapshot
+from shardprune.state import StateSchema, check_config, digest, jsonable
+from shardprune.validate import check_bool, check_choice, check_float, check_int
 
-STATE_VERSION = 1
-#: Keys of :meth:`StreamingLoader.state_dict`.
-STATE_KEYS = frozenset(
-    {"version", "config", "config_fingerprint", "epoch", "batches_yielded", "snapshot_fingerprint", "plan_fingerprint"}
+#: The loader's state (:meth:`StreamingLoader.state_dict`). Version 2 added ``step`` and
+#: allows a state taken before any epoch was planned (null fingerprints).
+LOADER_STATE = StateSchema(
+    "loader",
+    2,
+    frozenset(
+        {
+            "version",
+            "config",
+            "config_fingerprint",
+            "epoch",
+            "batches_yielded",
+            "step",
+            "snapshot_fingerprint",
+            "plan_fingerprint",
+        }
+    ),
 )
+STATE_VERSION = LOADER_STATE.version
+STATE_KEYS = LOADER_STATE.keys
 #: Defaults of the I/O planner, by storage kind. Local reads are system calls, so gaps are
 #: never bridged; an object-store request costs a round trip, so pruned samples smaller
 #: than ``max_gap`` are read through rather than splitting the request.
@@ -63,24 +86,13 @@ DEFAULT_MAX_BLOCK = 4 * 1024 * 1024
 LOCAL_IO_CONCURRENCY = 1
 REMOTE_IO_CONCURRENCY = 8
 MP_CONTEXTS = ("forkserver", "spawn")
-#: Modules the forkserver imports once before it forks any worker, so that each worker
-#: starts with torch and the fetch code loaded instead of importing them itself (seconds
-#: per worker and per epoch on a busy machine).
-FORKSERVER_PRELOAD = ("numpy", "torch", "shardprune.loader.fetch")
-#: Added for remote datasets: the object-store client stack (a missing one is skipped).
-FORKSERVER_PRELOAD_REMOTE = ("fsspec", "s3fs", "aiobotocore.session")
+__all__ = ["StreamingLoader", "SnapshotSource"]
 
 
 class SnapshotSource(Protocol):
     """Anything that freezes the current scores: a ScoreStore or a distributed wrapper."""
 
     def snapshot(self) -> ScoreSnapshot: ...
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
-        raise ConfigError(f"{name}={value!r} must be an int >= {low}")
-    return int(value)
 
 
 class StreamingLoader:
@@ -93,7 +105,10 @@ class StreamingLoader:
             parameters), or None / ``"full"`` to keep everything.
         store: Anything with ``.snapshot() -> ScoreSnapshot`` (a ScoreStore or the
             distributed wrapper), or None for never-seen scores every epoch.
-        num_epochs: Epochs of the run (>= 1); policies anneal relative to it.
+        num_epochs: Epochs of the run (>= 1); policies anneal relative to it. Epochs past
+            it are allowed and read all data. Give this or ``num_steps``.
+        num_steps: Batches of the whole run (>= 1): step mode, one stream across epochs,
+            annealing by steps. Give this or ``num_epochs``.
         seed: Philox key for shard order, shuffle buffer and Mixup (default 0).
         world: Rank layout; None detects it (torch.distributed, then RANK/WORLD_SIZE).
         num_workers: Fetch processes (default 0: fetch in this process).
@@ -117,18 +132,25 @@ class StreamingLoader:
         storage_options: fsspec options when ``dataset`` is a remote URL.
         multiprocessing_context: ``"forkserver"`` (default) or ``"spawn"`` for workers.
 
-    Determinism: the batches of an epoch (ids, order, weights, Mixup draws) are a pure
-    function of the seed, the epoch, the score snapshot, the policy, the rank layout and
-    the batch/shuffle/drop_last settings. They do not depend on ``num_workers``, the
-    I/O settings, or on resuming.
+    Epochs: see the module docstring. Each batch carries ``epoch`` (int), which
+    :func:`shardprune.weighted_loss` passes on to the score store with the losses.
 
-    State format (:meth:`state_dict`), JSON-able: ``{"version", "config" (dataset
-    fingerprint, sizes, seed, rank layout, batch/shuffle settings, policy state),
-    "config_fingerprint", "epoch", "batches_yielded" (batches handed to the caller in
-    the epoch: a position in the plan, not a sample count), "snapshot_fingerprint",
-    "plan_fingerprint"}``. Loading re-plans the epoch from the same snapshot (reloaded
-    with ``store.pinned_snapshot`` when the store has it) and refuses a state from
-    another configuration or snapshot with :class:`CheckpointMismatchError`.
+    Determinism: the batches of an epoch (ids, order, weights, Mixup draws) are a pure
+    function of the seed, the epoch (and in step mode the step it starts at), the score
+    snapshot, the policy, the rank layout and the batch/shuffle/drop_last settings. They
+    do not depend on ``num_workers``, the I/O settings, or on resuming.
+
+    State format (:meth:`state_dict`, schema :data:`LOADER_STATE`), JSON-able:
+    ``{"version": 2, "config" (dataset fingerprint, sizes, seed, rank layout,
+    batch/shuffle settings, num_epochs/num_steps, policy state), "config_fingerprint",
+    "epoch", "batches_yielded" (batches of the epoch handed to the caller: a position in
+    the plan, not a sample count), "step" (batches of the stream handed out, step mode;
+    null in epoch mode), "snapshot_fingerprint", "plan_fingerprint" (both null when no
+    epoch was planned yet)}``. Loading re-plans the epoch from the same snapshot
+    (reloaded with ``store.pinned_snapshot`` when the store has it) and refuses a state
+    from another configuration or snapshot with :class:`CheckpointMismatchError`. After
+    loading a state whose epoch was complete, ``iter()`` serves the next epoch.
+    Reading the state (and ``len()``) plans nothing and calls no collective.
     """
 
     def __init__(
@@ -138,7 +160,8 @@ class StreamingLoader:
         batch_size: int,
         policy: Policy | str | None = None,
         store: SnapshotSource | None = None,
-        num_epochs: int,
+        num_epochs: int | None = None,
+        num_steps: int | None = None,
         seed: int = 0,
         world: World | None = None,
         num_workers: int = 0,
@@ -158,19 +181,25 @@ class StreamingLoader:
         storage_options: dict[str, Any] | None = None,
         multiprocessing_context: str = "forkserver",
     ) -> None:
+        if (num_epochs is None) == (num_steps is None):
+            raise ConfigError(
+                f"num_epochs={num_epochs!r}, num_steps={num_steps!r}: pass exactly one, num_epochs= (epochs of "
+                "the run) or num_steps= (batches of the run, one stream across epochs)"
+            )
+        self.num_epochs = None if num_epochs is None else check_int("num_epochs", num_epochs, 1)
+        self.num_steps = None if num_steps is None else check_int("num_steps", num_steps, 1)
         self.dataset = dataset if isinstance(dataset, ShardedDataset) else open_dataset(dataset, storage_options)
         self.world = World.detect() if world is None else world
         if not isinstance(self.world, World):
             raise ConfigError(f"world={world!r} must be a shardprune.dist.world.World or None")
-        self.num_epochs = _check_int("num_epochs", num_epochs, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         self.cfg = PlanConfig(
             seed=self.seed,
-            batch_size=batch_size,
+            batch_size=check_int("batch_size", batch_size, 1),
             rank=self.world.rank,
             world_size=self.world.world_size,
-            shuffle_window=shuffle_window,
-            shuffle_buffer=shuffle_buffer,
+            shuffle_window=check_int("shuffle_window", shuffle_window, 1),
+            shuffle_buffer=check_int("shuffle_buffer", shuffle_buffer, 1),
             drop_last=bool(drop_last),
         )
         if policy is None:
@@ -181,28 +210,24 @@ class StreamingLoader:
         if store is not None and not callable(getattr(store, "snapshot", None)):
             raise ConfigError(f"store={store!r} has no snapshot() method; pass a ScoreStore or None")
         self.store = store
-        self.num_workers = _check_int("num_workers", num_workers, 0)
-        self.prefetch_batches = _check_int("prefetch_batches", prefetch_batches, 0)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.prefetch_batches = check_int("prefetch_batches", prefetch_batches, 0)
         local = self.dataset.storage.is_local
-        self.max_gap = _check_int("max_gap", LOCAL_MAX_GAP if local else REMOTE_MAX_GAP, 0) if max_gap is None else (
-            _check_int("max_gap", max_gap, 0)
-        )
+        self.max_gap = check_int("max_gap", (LOCAL_MAX_GAP if local else REMOTE_MAX_GAP) if max_gap is None else max_gap, 0)
         budget = (LOCAL_GAP_BUDGET if local else REMOTE_GAP_BUDGET) if gap_budget is None else gap_budget
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= 10:
-            raise ConfigError(f"gap_budget={gap_budget!r} must be a number in [0, 10] (a fraction of the planned bytes)")
-        self.gap_budget = float(budget)
-        self.max_block = _check_int("max_block", max_block, 1)
+        self.gap_budget = check_float("gap_budget", budget, 0, 10, fix="a fraction of the planned bytes")
+        self.max_block = check_int("max_block", max_block, 1)
         io = (LOCAL_IO_CONCURRENCY if local else REMOTE_IO_CONCURRENCY) if io_concurrency is None else io_concurrency
-        self.io_concurrency = _check_int("io_concurrency", io, 1)
+        self.io_concurrency = check_int("io_concurrency", io, 1)
         if multiprocessing_context not in MP_CONTEXTS:
             raise ConfigError(
                 f"multiprocessing_context={multiprocessing_context!r} is not one of {MP_CONTEXTS}; fork is "
                 "refused because the parent's threads and object-store clients do not survive it"
             )
-        self.multiprocessing_context = multiprocessing_context
+        self.multiprocessing_context = check_choice("multiprocessing_context", multiprocessing_context, MP_CONTEXTS)
         if self.num_workers > 0 and multiprocessing_context == "forkserver":
-            _preload_forkserver(FORKSERVER_PRELOAD + (() if local else FORKSERVER_PRELOAD_REMOTE))
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+            preload_forkserver(FORKSERVER_PRELOAD + (() if local else FORKSERVER_PRELOAD_REMOTE))
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else check_bool("pin_memory", pin_memory)
         if self.pin_memory and not torch.cuda.is_available():
             raise ConfigError(
                 "pin_memory=True needs CUDA, and torch.cuda.is_available() is False here; "
@@ -217,16 +242,44 @@ class StreamingLoader:
             fields=None if fields is None else tuple(fields),
             pack=self.num_workers > 0,
         )
-        m = self.dataset.manifest
-        self._lengths = np.asarray(m.length, dtype=np.int64)
-        self.snapshot: ScoreSnapshot | None = None
-        self.decision: EpochDecision | None = None
-        self.plan: EpochPlan | None = None
-        self.epoch_stats = EpochStats()
-        self._start = 0
-        self._yielded = 0
-        self._resume_pending = False
-        self._active: list[BaseNode[Any]] = []
+        horizon = self.num_epochs if self.num_epochs is not None else self.num_steps
+        assert horizon is not None
+        self.planner = EpochPlanner(self.dataset, self.policy, self.cfg, horizon)
+        self._epoch: PlannedEpoch | None = None  # the epoch planned last
+        self._cursor = 0  # batches of it handed out
+        self._step = 0  # batches of the stream handed out (step mode)
+        self._next_epoch = 0  # what an iter() without set_epoch serves
+        self._chosen = False  # set_epoch / load_state_dict chose what the next iter() serves
+        self._resume_pending = False  # load_state_dict was the last call: set_epoch(same) keeps its cursor
+        self._active: EpochPipeline | None = None
+
+    # -- what the current epoch is ----------------------------------------------------------
+    @property
+    def plan(self) -> EpochPlan | None:
+        """The plan of the epoch planned last (None before any)."""
+        return None if self._epoch is None else self._epoch.plan
+
+    @property
+    def decision(self) -> EpochDecision | None:
+        """The policy's decision for the epoch planned last."""
+        return None if self._epoch is None else self._epoch.decision
+
+    @property
+    def snapshot(self) -> ScoreSnapshot | None:
+        """The score snapshot the epoch planned last was decided from."""
+        return None if self._epoch is None else self._epoch.snapshot
+
+    @property
+    def epoch_stats(self) -> EpochStats:
+        """Counters of the epoch planned last (zeros before any)."""
+        return EpochStats() if self._epoch is None else self._epoch.stats
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being served, or the one the next ``iter()`` serves when none is running."""
+        if self._epoch is not None and (self._chosen or self._active is not None):
+            return self._epoch.epoch
+        return self._next_epoch
 
     # -- configuration and planning -------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -236,6 +289,7 @@ class StreamingLoader:
             "dataset": self.dataset.fingerprint,
             "num_samples": len(self.dataset),
             "num_epochs": self.num_epochs,
+            "num_steps": self.num_steps,
             "seed": self.seed,
             "batch_size": self.cfg.batch_size,
             "rank": self.cfg.rank,
@@ -243,7 +297,7 @@ class StreamingLoader:
             "shuffle_window": self.cfg.shuffle_window,
             "shuffle_buffer": self.cfg.shuffle_buffer,
             "drop_last": self.cfg.drop_last,
-            "policy": json.loads(json.dumps(state, sort_keys=True, default=repr)),
+            "policy": jsonable(state),
             "mixup": self.mixup,
         }
 
@@ -257,98 +311,114 @@ class StreamingLoader:
             raise ConfigError(f"store.snapshot() returned {got} scores; the dataset has {n} samples")
         return snap
 
-    def _plan_epoch(self, epoch: int, snapshot: ScoreSnapshot) -> None:
-        decision = self.policy.decide(snapshot, epoch, self.seed, self.num_epochs)
-        n = len(self.dataset)
-        if decision.keep.shape != (n,) or decision.weights.shape != (n,):
-            raise ConfigError(
-                f"policy {self.policy!r} returned keep/weights of shapes {decision.keep.shape}/"
-                f"{decision.weights.shape}; the dataset has {n} samples"
-            )
-        m = self.dataset.manifest
-        plan = make_plan(
-            decision.keep, decision.weights, m.shard, m.offset, len(self.dataset.header.shards), self.cfg, epoch
-        )
+    def _begin(self, epoch: int, snapshot: ScoreSnapshot | None = None) -> PlannedEpoch:
+        """Plan ``epoch`` (freezing the scores now unless given) and stand at its first batch."""
+        clock = epoch if self.num_steps is None else self._step
+        planned = self.planner.plan(epoch, clock, self._freeze() if snapshot is None else snapshot)
         self.shutdown()
-        self.snapshot, self.decision, self.plan = snapshot, decision, plan
-        keep = np.asarray(decision.keep, dtype=bool)
-        self.epoch_stats = EpochStats(
-            epoch=epoch,
-            samples_total=n,
-            samples_planned=plan.num_samples,
-            samples_skipped=n - int(np.count_nonzero(keep)),
-            trimmed=plan.trimmed,
-            padded=plan.padded,
-            bytes_kept=int(self._lengths[plan.slot_ids[plan.order]].sum()),
-            bytes_not_read=int(self._lengths[~keep].sum()),
-        )
-        self._start = self._yielded = 0
+        self._epoch, self._cursor = planned, 0
+        return planned
 
     def set_epoch(self, epoch: int) -> None:
-        """Freeze the scores, decide what to keep and plan ``epoch`` (0 <= epoch < num_epochs).
+        """Freeze the scores, decide what to keep and plan ``epoch`` (>= 0) for the next ``iter()``.
 
-        Right after :meth:`load_state_dict`, ``set_epoch`` of the checkpoint's epoch keeps
-        the resume point (the usual ``for epoch in range(start, E): set_epoch(epoch)`` loop
-        then continues the epoch instead of replaying it); any other epoch plans afresh.
+        Optional: without it each ``iter()`` serves the next epoch. Right after
+        :meth:`load_state_dict`, ``set_epoch`` of the checkpoint's epoch keeps the resume
+        point (the usual ``for epoch in range(start, E): set_epoch(epoch)`` loop then
+        continues the epoch instead of replaying it); any other call plans afresh.
+
+        Raises:
+            ConfigError: a negative epoch, or a loader in step mode (``num_steps``), whose
+                stream advances its epochs itself.
         """
-        epoch = _check_int("epoch", epoch, 0)
-        if epoch >= self.num_epochs:
-            raise ConfigError(f"epoch={epoch} is outside 0..{self.num_epochs - 1} (num_epochs={self.num_epochs})")
+        epoch = check_int("epoch", epoch, 0)
+        if self.num_steps is not None:
+            raise ConfigError(
+                f"set_epoch({epoch}) on a loader with num_steps={self.num_steps}: step mode runs one stream "
+                "across epochs and advances them itself; do not call set_epoch, or pass num_epochs= instead"
+            )
         resumed, self._resume_pending = self._resume_pending, False
-        if resumed and self.plan is not None and self.plan.epoch == epoch:
+        self._chosen = True
+        if resumed and self._epoch is not None and self._epoch.epoch == epoch:
             return
-        self._plan_epoch(epoch, self._freeze())
-
-    def _current(self) -> EpochPlan:
-        if self.plan is None:
-            self.set_epoch(0)
-        assert self.plan is not None
-        return self.plan
+        self._begin(epoch)
 
     def __len__(self) -> int:
-        """Batches of the current epoch (plans epoch 0 if no epoch was set)."""
-        return self._current().num_batches
+        """Batches of the epoch planned last; before any, of an epoch that keeps everything.
+
+        Plans nothing: the unplanned figure is an upper bound (pruning only removes batches),
+        computed from the dataset size and the batch and rank layout. In step mode, the
+        stream's length ``num_steps``.
+        """
+        if self.num_steps is not None:
+            return self.num_steps
+        if self._epoch is None:
+            return full_batches(len(self.dataset), self.cfg)
+        return self._epoch.plan.num_batches
 
     def read_units(self, start_batch: int = 0) -> list[ReadUnit]:
-        """The range reads serving batches ``start_batch..`` of the current epoch, in read order."""
-        plan = self._current()
-        slots = np.sort(plan.order[start_batch * plan.batch_size :])
-        m = self.dataset.manifest
-        return plan_reads(
-            slots,
-            plan.slot_ids[slots],
-            m.shard,
-            m.offset,
-            m.length,
-            max_gap=self.max_gap,
-            max_block=self.max_block,
-            gap_budget=self.gap_budget,
+        """The range reads serving batches ``start_batch..`` of the epoch planned last, in read order."""
+        if self._epoch is None:
+            raise ConfigError("no epoch is planned yet; call set_epoch(epoch) (or iterate) before read_units()")
+        return self.planner.read_units(
+            self._epoch.plan, start_batch, max_gap=self.max_gap, max_block=self.max_block, gap_budget=self.gap_budget
         )
 
     # -- iteration ----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        if self.num_steps is not None:
+            return self._stream()
+        return self._one_epoch()
+
+    def _one_epoch(self) -> Iterator[Batch]:
+        if not self._chosen:
+            self._begin(self._next_epoch)
+        self._chosen = self._resume_pending = False
+        planned = self._epoch
+        assert planned is not None
+        self._next_epoch = planned.epoch + 1
+        yield from self._pass(planned, None)
+
+    def _stream(self) -> Iterator[Batch]:
+        steps = self.num_steps
+        assert steps is not None
+        while self._step < steps:
+            if not self._chosen:
+                planned = self._begin(self._next_epoch)
+                if planned.plan.num_batches == 0:
+                    raise ConfigError(
+                        f"epoch {planned.epoch} has no batch (batch_size={self.cfg.batch_size}, "
+                        f"{planned.plan.kept_total} samples kept over {self.cfg.world_size} rank(s)); step mode "
+                        "needs at least one per epoch: lower batch_size or use drop_last=False"
+                    )
+            self._chosen = True  # until the epoch is exhausted, a new iter() continues it
+            current = self._epoch
+            assert current is not None
+            planned = current
+            self._next_epoch = planned.epoch + 1
+            yield from self._pass(planned, steps - self._step)
+            if self._cursor < planned.plan.num_batches:
+                return  # the stream's budget ended inside this epoch
+            self._chosen = False
+
     def _count(self, result: UnitResult) -> None:
-        s = self.epoch_stats
+        assert self._epoch is not None
+        s = self._epoch.stats
         s.bytes_read += result.bytes_read
         s.requests += result.requests
         s.gap_bytes += result.gap_bytes
 
-    def _pipeline(self, plan: EpochPlan, start: int) -> tuple[BaseNode[Batch], list[BaseNode[Any]]]:
-        units: BaseNode[ReadUnit] = IterableWrapper(self.read_units(start))
-        fetched: BaseNode[UnitResult]
-        if self.num_workers == 0:
-            fetched = Mapper(units, self.fetcher)
-        else:
-            fetched = ParallelMapper(
-                units,
-                self.fetcher,
-                num_workers=self.num_workers,
-                in_order=True,
-                method="process",
-                multiprocessing_context=self.multiprocessing_context,
-            )
-        ordered = PlanOrder(fetched, plan, start_batch=start, on_result=self._count)
-        decision = self.decision
-        assert decision is not None
+    def _pass(self, planned: PlannedEpoch, limit: int | None) -> Iterator[Batch]:
+        """Yield batches ``cursor..`` of ``planned`` (at most ``limit``), moving the cursor."""
+        plan, start = planned.plan, self._cursor
+        self.shutdown()
+        stats = planned.stats
+        # The I/O counters describe this pass only: a replayed or resumed epoch starts at zero.
+        stats.bytes_read = stats.gap_bytes = stats.requests = 0
+        stats.batches = start
+        if start >= plan.num_batches or limit == 0:
+            return
+        decision = planned.decision
         header = self.dataset.header
         assembler = BatchAssembler(
             plan,
@@ -358,63 +428,44 @@ class StreamingLoader:
             num_classes=header.num_classes,
             keep_label=header.num_classes is not None,
         )
-        root: BaseNode[Batch] = Mapper(ordered, assembler)
-        nodes: list[BaseNode[Any]] = [root, ordered, fetched]
-        if self.pin_memory:
-            root = PinMemory(root)
-            nodes.insert(0, root)
-        if self.prefetch_batches > 0:
-            root = Prefetcher(root, prefetch_factor=self.prefetch_batches)
-            nodes.insert(0, root)
-        return root, nodes
-
-    def __iter__(self) -> Iterator[Batch]:
-        plan = self._current()
-        start = self._start
-        self._start = 0  # iterating again replays the epoch from its start
-        self._resume_pending = False
-        self.shutdown()
-        root, nodes = self._pipeline(plan, start)
-        self._active = nodes
-        self._yielded = start
-        stats = self.epoch_stats
-        # The I/O counters describe this pass only: a replayed or resumed epoch starts at zero.
-        stats.bytes_read = stats.gap_bytes = stats.requests = 0
-        stats.batches = start
-        watch = _WorkerWatch(nodes[-1]) if self.num_workers else None
+        pipeline = EpochPipeline(
+            self.read_units(start),
+            plan,
+            start,
+            fetcher=self.fetcher,
+            assembler=assembler,
+            num_workers=self.num_workers,
+            multiprocessing_context=self.multiprocessing_context,
+            pin_memory=self.pin_memory,
+            prefetch_batches=self.prefetch_batches,
+            on_result=self._count,
+        )
+        self._active = pipeline
         try:
-            for batch in root:
-                self._yielded += 1
-                self.epoch_stats.batches = self._yielded
+            for batch in pipeline.batches():
+                self._cursor += 1
+                self._step += 1
+                stats.batches = self._cursor
                 yield batch
-        except Exception as exc:
-            if watch is not None and watch.dead is not None:
-                pid, code = watch.dead
-                raise FetchError(
-                    f"loader worker process {pid} died (exit code {code}: killed, e.g. out of memory) during "
-                    f"epoch {plan.epoch}; iterate again to restart the epoch's workers, or resume from a checkpoint"
-                ) from exc
-            raise
+                if limit is not None and self._cursor - start >= limit:
+                    return
         finally:
-            if watch is not None:
-                watch.stop()
-            for node in nodes:
-                _stop(node)
-            if self._active is nodes:
-                self._active = []
+            pipeline.stop()
+            if self._active is pipeline:
+                self._active = None
 
     def shutdown(self) -> None:
-        """Stop the running pipeline's threads and worker processes (if any)."""
-        nodes, self._active = self._active, []
-        for node in nodes:
-            _stop(node)
+        """Stop the running pass's threads and worker processes (if any)."""
+        active, self._active = self._active, None
+        if active is not None:
+            active.stop()
 
     def close(self) -> None:
         """Stop the pipeline and close this process's file handles."""
         self.shutdown()
         self.dataset.storage.close()
 
-    def __enter__(self) -> "StreamingLoader":
+    def __enter__(self) -> StreamingLoader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -422,19 +473,32 @@ class StreamingLoader:
 
     # -- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The resume point: the epoch and the batches handed out so far (see the class doc)."""
-        plan = self._current()
-        assert self.snapshot is not None
+        """The resume point: the epoch and the batches handed out so far (see the class doc).
+
+        Plans nothing, freezes nothing and calls no collective.
+        """
         config = self.config()
-        return {
-            "version": STATE_VERSION,
-            "config": config,
-            "config_fingerprint": _digest(config),
-            "epoch": plan.epoch,
-            "batches_yielded": self._yielded,
-            "snapshot_fingerprint": self.snapshot.fingerprint,
-            "plan_fingerprint": plan.fingerprint(),
-        }
+        planned = self._epoch
+        step = None if self.num_steps is None else self._step
+        if planned is None:
+            return LOADER_STATE.make(
+                config=config,
+                config_fingerprint=digest(config),
+                epoch=self._next_epoch,
+                batches_yielded=0,
+                step=step,
+                snapshot_fingerprint=None,
+                plan_fingerprint=None,
+            )
+        return LOADER_STATE.make(
+            config=config,
+            config_fingerprint=digest(config),
+            epoch=planned.epoch,
+            batches_yielded=self._cursor,
+            step=step,
+            snapshot_fingerprint=planned.snapshot.fingerprint,
+            plan_fingerprint=planned.plan.fingerprint(),
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at a :meth:`state_dict`: the next iteration yields the remaining batches.
@@ -443,43 +507,42 @@ class StreamingLoader:
             CheckpointMismatchError: the state comes from another configuration, dataset,
                 policy or score snapshot (the message shows checkpoint and current values).
         """
-        if not isinstance(state, dict) or set(state) != STATE_KEYS:
-            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise CheckpointMismatchError(f"loader state keys {keys} (in checkpoint), expected {sorted(STATE_KEYS)}")
-        if state["version"] != STATE_VERSION:
+        state = LOADER_STATE.check(state)
+        check_config("the loader checkpoint", state["config"], self.config())
+        epoch = check_int("epoch", state["epoch"], 0, error=CheckpointMismatchError)
+        step = state["step"]
+        if self.num_steps is not None:
+            step = check_int("step", step, 0, self.num_steps, error=CheckpointMismatchError)
+        self.shutdown()
+        if state["plan_fingerprint"] is None:
+            self._epoch, self._cursor, self._next_epoch = None, 0, epoch
+            self._step = step or 0
+            self._chosen = self._resume_pending = False
+            return
+        cursor = state["batches_yielded"]
+        if self.num_steps is not None:
+            self._step = step - cursor if isinstance(cursor, int) and cursor <= step else -1
+            if self._step < 0:
+                raise CheckpointMismatchError(f"batches_yielded={cursor!r} (in checkpoint) exceeds step={step}")
+        planned = self._begin(epoch, self._snapshot_for(str(state["snapshot_fingerprint"])))
+        plan = planned.plan
+        if plan.fingerprint() != state["plan_fingerprint"]:
             raise CheckpointMismatchError(
-                f"loader state version {state['version']} (in checkpoint) vs {STATE_VERSION} (now)"
-            )
-        now = self.config()
-        saved = state["config"]
-        diffs = [
-            f"{k}: {saved.get(k)!r} (in checkpoint) vs {now.get(k)!r} (now)"
-            for k in sorted(set(now) | set(saved))
-            if saved.get(k) != now.get(k)
-        ]
-        if diffs:
-            raise CheckpointMismatchError(
-                "the loader checkpoint was made under another configuration: " + "; ".join(diffs)
-            )
-        epoch = _check_int("epoch", state["epoch"], 0)
-        if epoch >= self.num_epochs:
-            raise CheckpointMismatchError(f"epoch {epoch} (in checkpoint) is outside 0..{self.num_epochs - 1} (now)")
-        snapshot = self._snapshot_for(str(state["snapshot_fingerprint"]))
-        self._plan_epoch(epoch, snapshot)
-        assert self.plan is not None
-        if self.plan.fingerprint() != state["plan_fingerprint"]:
-            raise CheckpointMismatchError(
-                f"epoch {epoch} plan {state['plan_fingerprint']} (in checkpoint) vs {self.plan.fingerprint()} (now) "
+                f"epoch {epoch} plan {state['plan_fingerprint']} (in checkpoint) vs {plan.fingerprint()} (now) "
                 "from the same scores and configuration; the policy or planner code changed"
             )
-        cursor = state["batches_yielded"]
-        if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor <= self.plan.num_batches:
+        if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor <= plan.num_batches:
             raise CheckpointMismatchError(
-                f"batches_yielded={cursor!r} (in checkpoint) is outside 0..{self.plan.num_batches} (now)"
+                f"batches_yielded={cursor!r} (in checkpoint) is outside 0..{plan.num_batches} (now)"
             )
-        self._start = self._yielded = cursor
-        self.epoch_stats.batches = cursor
+        self._cursor = cursor
+        self._step += cursor
+        planned.stats.batches = cursor
         self._resume_pending = True
+        complete = cursor == plan.num_batches
+        # A finished epoch is not served again: the next iter() moves on to the one after it.
+        self._chosen = not complete
+        self._next_epoch = epoch + 1 if complete else epoch
 
     def _snapshot_for(self, fingerprint: str) -> ScoreSnapshot:
         if self.store is None:
@@ -494,79 +557,3 @@ class StreamingLoader:
             )
         return snap
 
-
-def _preload_forkserver(modules: tuple[str, ...]) -> None:
-    """Add ``modules`` to the forkserver's preload list (the user's entries are kept).
-
-    Takes effect only if the process's forkserver has not started yet; otherwise the
-    workers still work, they just import what they need themselves. The forkserver
-    skips a module that fails to import.
-    """
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    current = list(getattr(server, "_preload_modules", ["__main__"]))
-    missing = [m for m in modules if m not in current]
-    if missing:
-        forkserver.set_forkserver_preload(current + missing)
-
-
-class _WorkerWatch:
-    """Notice a fetch worker process that died, and end the epoch instead of hanging.
-
-    ``torchdata``'s ``ParallelMapper`` waits forever for the result of a worker that was
-    killed (SIGKILL, the OOM killer). This thread polls the worker processes every
-    ``interval_s``; when one has exited with a non-zero code it records ``dead = (pid,
-    exit code)`` and stops the mapper, whose iteration then ends early, and the loader
-    raises :class:`FetchError` naming the process.
-    """
-
-    def __init__(self, mapper: BaseNode[Any], interval_s: float = 0.5) -> None:
-        self.mapper = mapper
-        self.interval_s = interval_s
-        self.dead: tuple[int, int] | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="shardprune-worker-watch", daemon=True)
-        self._thread.start()
-
-    def _mapper_iter(self) -> Any:
-        it = getattr(self.mapper, "_it", None)
-        for _ in range(4):
-            if it is None or hasattr(it, "_workers"):
-                return it
-            it = getattr(it, "_it", None)
-        return None
-
-    def _run(self) -> None:
-        while not self._done.wait(self.interval_s):
-            it = self._mapper_iter()
-            for worker in list(getattr(it, "_workers", ())):
-                code = getattr(worker, "exitcode", None)
-                if code:
-                    self.dead = (int(worker.pid), int(code))
-                    for event in ("_stop", "_mp_stop"):
-                        flag = getattr(it, event, None)
-                        if flag is not None:
-                            flag.set()
-                    return
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-
-def _digest(doc: dict[str, Any]) -> str:
-    return hashlib.blake2b(json.dumps(doc, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
-def _stop(node: Any) -> None:
-    """Shut down the threads/processes behind a torchdata node (they live in ``_it``)."""
-    it = getattr(node, "_it", None)
-    depth = 0
-    while it is not None and depth < 4:
-        shutdown = getattr(it, "_shutdown", None)
-        if callable(shutdown):
-            shutdown()
-            return
-        it = getattr(it, "_it", None)
-        depth += 1
