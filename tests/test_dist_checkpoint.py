@@ -117,3 +117,49 @@ def test_frequent_checkpoints_keep_the_epoch_plan_pin(tmp_path: Path) -> None:
         assert store.pinned_snapshot(states[-1]["scores_fingerprint"]).fingerprint == states[-1]["scores_fingerprint"]
         with pytest.raises(CheckpointMismatchError, match="not pinned"):
             store.pinned_snapshot(states[0]["scores_fingerprint"])
+
+
+def test_single_process_checkpoint_needs_no_process_group(tmp_path: Path) -> None:
+    """save_checkpoint / load_checkpoint with a plain ScoreStore: exact resume mid-epoch, then the next epoch."""
+    import torch.distributed as dist
+
+    from shardprune import StreamingLoader, open_dataset, weighted_loss
+    from shardprune.dist import load_checkpoint, save_checkpoint
+
+    data = tmp_path / "ds"
+    write_dataset(data, n=120, per_shard=20)
+    fp = open_dataset(data).fingerprint
+    ckpt = tmp_path / "ckpt.json"
+    assert not (dist.is_available() and dist.is_initialized())
+
+    def job() -> tuple[StreamingLoader, ScoreStore]:
+        store = ScoreStore(tmp_path / "scores", 120, fp, flush_interval_s=None)
+        loader = StreamingLoader(data, batch_size=8, policy="infobatch", store=store, num_epochs=3, seed=1)
+        return loader, store
+
+    after: list[list[int]] = []
+    loader, store = job()
+    saved = False
+    for epoch in range(3):
+        for b, batch in enumerate(loader):
+            if saved:
+                after.append(batch["ids"].tolist())
+            weighted_loss(batch, batch["npy"][:, 1].abs().float(), store)
+            if epoch == 1 and b == 2:
+                doc = save_checkpoint(ckpt, loader, store, extra={"step": 99})
+                saved = True
+    loader.close()
+    store.close()
+    assert doc["world_size"] == 1 and doc["epoch"] == 1 and doc["batches_yielded"] == 3
+    assert read_checkpoint(ckpt) == json.loads(json.dumps(doc))
+
+    loader, store = job()
+    assert load_checkpoint(ckpt, loader, store) == {"step": 99}
+    got: list[list[int]] = []
+    for _ in range(2):  # the rest of epoch 1, then epoch 2, without set_epoch
+        for batch in loader:
+            got.append(batch["ids"].tolist())
+            weighted_loss(batch, batch["npy"][:, 1].abs().float(), store)
+    loader.close()
+    store.close()
+    assert got == after and len(got) > 5

@@ -6,6 +6,7 @@ Worker tests start real worker processes (forkserver, the default).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from shardprune.dist.world import World
 from shardprune.errors import CheckpointMismatchError, ConfigError, CorruptSampleError, DistributedError
 from shardprune.format.tarindex import index_tars
 from shardprune.loader import StreamingLoader, summarize
+from shardprune.loader.failure import WorkerTraceback
 from shardprune.policies import make_policy
 
 
@@ -186,6 +188,15 @@ def test_corrupt_kept_sample_is_named_pruned_one_never_read(tmp_path: Path) -> N
                 epoch_ids(loader)
         msg = str(err.value)
         assert f"shard {path} sample id 41 at offset {offset}" in msg and "CRC32 mismatch" in msg
+        # The original error, one line, not a thread's or worker's traceback wrapped around it.
+        assert type(err.value) is CorruptSampleError and "\n" not in msg and "Traceback" not in msg
+        cause = err.value.__cause__
+        if workers:
+            # The worker's stack is kept as the cause, naming the process and the failing call.
+            assert isinstance(cause, WorkerTraceback)
+            assert re.match(r"in loader worker process \d+:\nTraceback", str(cause)) and "verify" in str(cause)
+        else:
+            assert cause is None
 
 
 def test_zarr_dataset_epoch(tmp_path: Path) -> None:

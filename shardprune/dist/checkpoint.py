@@ -18,7 +18,11 @@ scores and the policy are restored, the loader is left unplanned, and the caller
 on with ``loader.set_epoch(epoch + 1)``, which plans the next epoch for the new layout
 from the same scores (the per-rank batch size may change too).
 
-Checkpoint format (JSON): ``{"version", "world_size", "epoch", "batches_yielded",
+Without a process group (a single-process run), both work with a plain
+:class:`~shardprune.scores.ScoreStore` (or no store): the same document, world size 1,
+no collective.
+
+Checkpoint format (JSON, schema :data:`CHECKPOINT`): ``{"version", "world_size", "epoch", "batches_yielded",
 "epoch_complete" (every rank had yielded its whole epoch), "loaders" (one
 ``StreamingLoader.state_dict`` per rank, in rank order), "store" (rank 0's
 ``ScoreStore.state_dict``: the scores pinned in the store), "policy", "extra" (the
@@ -30,38 +34,51 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch.distributed as dist
 
-from shardprune.dist.collectives import (
-    all_gather_bytes,
-    broadcast_bytes,
-    raise_together,
-    require_initialized,
-)
-from shardprune.dist.sync import DistributedScores
+from shardprune.dist.collectives import all_gather_bytes, broadcast_bytes, raise_together
 from shardprune.errors import CheckpointMismatchError, DistributedError
+from shardprune.state import StateSchema, check_config, jsonable
 from shardprune.storage import Storage
 
 if TYPE_CHECKING:  # the loader imports shardprune.dist.world, so no import at run time
     from shardprune.loader.streaming import StreamingLoader
 
-CHECKPOINT_VERSION = 1
-#: Keys of a checkpoint document, loaded strictly.
-CHECKPOINT_KEYS = (
-    "batches_yielded",
-    "epoch",
-    "epoch_complete",
-    "extra",
-    "loaders",
-    "policy",
-    "store",
-    "version",
-    "world_size",
+#: The checkpoint document, loaded strictly.
+CHECKPOINT = StateSchema(
+    "checkpoint",
+    1,
+    frozenset(
+        {"batches_yielded", "epoch", "epoch_complete", "extra", "loaders", "policy", "store", "version", "world_size"}
+    ),
 )
+CHECKPOINT_VERSION = CHECKPOINT.version
+CHECKPOINT_KEYS = tuple(sorted(CHECKPOINT.keys))
 #: Loader settings an epoch-end checkpoint may change (the per-rank batch usually scales with the ranks).
 LAYOUT_KEYS = ("batch_size", "rank", "world_size")
+
+
+class ScoreState(Protocol):
+    """What a checkpoint needs of the scores: a ScoreStore or a DistributedScores."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _group(scores: ScoreState | None) -> tuple[Any, bool]:
+    """The scores' process group and whether this is a distributed job (a group exists)."""
+    distributed = dist.is_available() and dist.is_initialized()
+    return getattr(scores, "group", None), distributed
+
+
+def _together(error: BaseException | None, group: Any, distributed: bool, what: str) -> None:
+    if distributed:
+        raise_together(error, group, what)
+    elif error is not None:
+        raise error
 
 
 def _split(url: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> tuple[Storage, str]:
@@ -79,17 +96,18 @@ def _split(url: str | os.PathLike[str], storage_options: dict[str, Any] | None) 
 def save_checkpoint(
     url: str | os.PathLike[str],
     loader: StreamingLoader,
-    scores: DistributedScores,
+    scores: ScoreState | None,
     *,
     extra: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Checkpoint the whole job to ``url`` (collective: call it on every rank at the same step).
+    """Checkpoint the whole job to ``url`` (collective under a process group: every rank, same step).
 
     Args:
         url: The checkpoint file, local or ``s3://bucket/prefix/name.json``; overwritten atomically.
         loader: This rank's loader.
-        scores: The job's :class:`DistributedScores`.
+        scores: The job's :class:`DistributedScores`, or in a single process a
+            :class:`~shardprune.scores.ScoreStore` or None.
         extra: JSON-able data stored with the checkpoint (default empty).
         storage_options: fsspec options for a remote ``url``.
 
@@ -100,14 +118,14 @@ def save_checkpoint(
         DistributedError: ranks stand at different epochs or batches, or a rank failed
             (e.g. rank 0 could not write), raised on every rank.
     """
-    require_initialized()
-    group = scores.group
-    store_state = scores.state_dict()
+    group, distributed = _group(scores)
+    store_state = scores.state_dict() if scores is not None else {}
     mine = loader.state_dict()
     plan = loader.plan
     complete = plan is not None and mine["batches_yielded"] == plan.num_batches
     payload = json.dumps({"state": mine, "complete": complete}, sort_keys=True).encode()
-    gathered = [json.loads(p) for p in all_gather_bytes(payload, group)]
+    parts = all_gather_bytes(payload, group) if distributed else [payload]
+    gathered = [json.loads(p) for p in parts]
     states = [g["state"] for g in gathered]
     positions = [(s["epoch"], s["batches_yielded"]) for s in states]
     if len(set(positions)) != 1:
@@ -116,32 +134,32 @@ def save_checkpoint(
             f"ranks stand at different positions ({listing}); call save_checkpoint on every rank after the "
             "same number of batches"
         )
+    world = dist.get_world_size(group) if distributed else 1
     sizes = {s["config"]["world_size"] for s in states}
-    if sizes != {dist.get_world_size(group)}:
+    if sizes != {world}:
         raise DistributedError(
-            f"loaders were built for world_size {sorted(sizes)} but the process group has "
-            f"{dist.get_world_size(group)} ranks; build StreamingLoader after init_process_group"
+            f"loaders were built for world_size {sorted(sizes)} but the job has {world} rank(s); build "
+            "StreamingLoader after init_process_group"
         )
     policy = loader.policy.state_dict() if callable(getattr(loader.policy, "state_dict", None)) else {}
-    doc = {
-        "version": CHECKPOINT_VERSION,
-        "world_size": dist.get_world_size(group),
-        "epoch": positions[0][0],
-        "batches_yielded": positions[0][1],
-        "epoch_complete": all(g["complete"] for g in gathered),
-        "loaders": states,
-        "store": store_state,
-        "policy": json.loads(json.dumps(policy, sort_keys=True, default=repr)),
-        "extra": dict(extra or {}),
-    }
+    doc = CHECKPOINT.make(
+        world_size=world,
+        epoch=positions[0][0],
+        batches_yielded=positions[0][1],
+        epoch_complete=all(g["complete"] for g in gathered),
+        loaders=states,
+        store=store_state,
+        policy=jsonable(policy),
+        extra=dict(extra or {}),
+    )
     error: BaseException | None = None
-    if dist.get_rank(group) == 0:
+    if not distributed or dist.get_rank(group) == 0:
         try:
             storage, name = _split(url, storage_options)
             storage.write_bytes_atomic(name, json.dumps(doc, sort_keys=True, indent=1).encode())
         except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
             error = exc
-    raise_together(error, group, f"failed while writing checkpoint {os.fspath(url)}")
+    _together(error, group, distributed, f"failed while writing checkpoint {os.fspath(url)}")
     return doc
 
 
@@ -165,41 +183,23 @@ def _parse(data: bytes, where: str) -> dict[str, Any]:
         raise CheckpointMismatchError(
             f"checkpoint {where} is not JSON ({exc}); it is not a shardprune checkpoint"
         ) from exc
-    if not isinstance(doc, dict) or sorted(doc) != sorted(CHECKPOINT_KEYS):
-        keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-        raise CheckpointMismatchError(f"checkpoint {where} has keys {keys}, expected {sorted(CHECKPOINT_KEYS)}")
-    if doc["version"] != CHECKPOINT_VERSION:
-        raise CheckpointMismatchError(
-            f"checkpoint {where} has version {doc['version']} (in checkpoint), {CHECKPOINT_VERSION} (now)"
-        )
-    return doc
-
-
-def _check_layout_only(saved: dict[str, Any], now: dict[str, Any], where: str) -> None:
-    diffs = [
-        f"{k}: {saved.get(k)!r} (in checkpoint) vs {now.get(k)!r} (now)"
-        for k in sorted(set(saved) | set(now))
-        if k not in LAYOUT_KEYS and saved.get(k) != now.get(k)
-    ]
-    if diffs:
-        raise CheckpointMismatchError(
-            f"checkpoint {where} was made under another loader configuration: " + "; ".join(diffs)
-        )
+    return CHECKPOINT.check(doc, f"checkpoint {where}")
 
 
 def load_checkpoint(
     url: str | os.PathLike[str],
     loader: StreamingLoader,
-    scores: DistributedScores,
+    scores: ScoreState | None,
     *,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Resume the whole job from ``url`` (collective): scores, policy, this rank's loader position.
+    """Resume the whole job from ``url`` (collective under a process group): scores, policy, loader position.
 
     Args:
         url: The checkpoint written by :func:`save_checkpoint`.
         loader: This rank's loader, built with the same configuration as the saved run.
-        scores: The job's :class:`DistributedScores` (opened on the same store URL).
+        scores: The job's :class:`DistributedScores` (opened on the same store URL), or in a
+            single process a :class:`~shardprune.scores.ScoreStore` or None.
         storage_options: fsspec options for a remote ``url``.
 
     Returns:
@@ -211,9 +211,8 @@ def load_checkpoint(
         CheckpointMismatchError: a mid-epoch checkpoint of another world size (both
             sizes are named), another configuration or other scores; raised on every rank.
     """
-    require_initialized()
-    group = scores.group
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    group, distributed = _group(scores)
+    rank, world = (dist.get_rank(group), dist.get_world_size(group)) if distributed else (0, 1)
     data: bytes | None = None
     error: BaseException | None = None
     where = os.fspath(url)
@@ -226,8 +225,11 @@ def load_checkpoint(
             data = storage.read_bytes(name)
         except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
             error = exc
-    raise_together(error, group, f"failed while reading checkpoint {where}")
-    doc = _parse(broadcast_bytes(data, 0, group), where)
+    _together(error, group, distributed, f"failed while reading checkpoint {where}")
+    if distributed:
+        data = broadcast_bytes(data, 0, group)
+    assert data is not None
+    doc = _parse(data, where)
     relayout = doc["world_size"] != world
     if relayout and not doc["epoch_complete"]:
         raise CheckpointMismatchError(
@@ -239,8 +241,9 @@ def load_checkpoint(
             "end of an epoch, which any world size can continue"
         )
     if relayout:
-        _check_layout_only(doc["loaders"][0]["config"], loader.config(), where)
-    scores.load_state_dict(doc["store"])
+        check_config(f"checkpoint {where}", doc["loaders"][0]["config"], loader.config(), ignore=LAYOUT_KEYS)
+    if scores is not None:
+        scores.load_state_dict(doc["store"])
     error = None
     try:
         if callable(getattr(loader.policy, "load_state_dict", None)) and doc["policy"]:
@@ -249,6 +252,6 @@ def load_checkpoint(
             loader.load_state_dict(doc["loaders"][rank])
     except BaseException as exc:  # noqa: BLE001 - re-raised after telling the other ranks
         error = exc
-    raise_together(error, group, f"failed while restoring the loader from {where}")
+    _together(error, group, distributed, f"failed while restoring the loader from {where}")
     extra: dict[str, Any] = doc["extra"]
     return extra
