@@ -102,3 +102,30 @@ def test_a_killed_worker_fails_the_epoch_clearly_and_a_new_pass_recovers(tmp_pat
         ids = [i for batch in loader for i in batch["ids"].tolist()]
         assert loader.plan is not None and loader.plan.epoch == 0
         assert ids == loader.plan.ids().tolist()
+        assert loader._pool is not None and loader._pool.started == 3  # the dead worker was replaced, once
+
+
+def test_workers_start_once_and_serve_every_epoch(tmp_path: Path) -> None:
+    from loader_data import as_float
+
+    write_dataset(tmp_path / "ds")
+    with StreamingLoader(tmp_path / "ds", batch_size=16, num_epochs=3, num_workers=2, shuffle_buffer=32, max_block=4096,
+                         transform=as_float) as ref:
+        want = [[i for b in ref for i in b["ids"].tolist()] for _ in range(3)]
+    with StreamingLoader(tmp_path / "ds", batch_size=16, num_epochs=3, num_workers=2, shuffle_buffer=32, max_block=4096,
+                         transform=as_float) as loader:
+        pids: set[int] = set()
+        it = iter(loader)
+        next(it)
+        del it  # an abandoned pass: its queued units are skipped, their results dropped
+        loader.set_epoch(0)
+        for epoch in range(3):
+            ids = []
+            for batch in loader:
+                ids.extend(batch["ids"].tolist())
+                pids.update(batch["seen_by_pid"].tolist())
+            assert ids == want[epoch]
+        assert loader._pool is not None
+        assert loader._pool.started == 2 and pids == set(loader._pool.pids())
+        procs = list(loader._pool._procs)
+    assert all(not p.is_alive() for p in procs)  # close() stopped them

@@ -24,6 +24,7 @@ An epoch is planned when it starts (its scores frozen then), on the training thr
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -46,6 +47,7 @@ from shardprune.loader.pipeline import (
 )
 from shardprune.loader.plan import EpochPlan, PlanConfig
 from shardprune.loader.stats import EpochStats
+from shardprune.loader.workers import WorkerPool
 from shardprune.policies import make_policy
 from shardprune.policies.decision import EpochDecision, Policy
 from shardprune.scores.snapshot import ScoreSnapshot
@@ -252,6 +254,7 @@ class StreamingLoader:
         self._chosen = False  # set_epoch / load_state_dict chose what the next iter() serves
         self._resume_pending = False  # load_state_dict was the last call: set_epoch(same) keeps its cursor
         self._active: EpochPipeline | None = None
+        self._pool: WorkerPool | None = None
 
     # -- what the current epoch is ----------------------------------------------------------
     @property
@@ -434,8 +437,7 @@ class StreamingLoader:
             start,
             fetcher=self.fetcher,
             assembler=assembler,
-            num_workers=self.num_workers,
-            multiprocessing_context=self.multiprocessing_context,
+            pool=self._workers(),
             pin_memory=self.pin_memory,
             prefetch_batches=self.prefetch_batches,
             on_result=self._count,
@@ -454,15 +456,28 @@ class StreamingLoader:
             if self._active is pipeline:
                 self._active = None
 
+    def _workers(self) -> WorkerPool | None:
+        """The persistent worker pool (started on first use), or None without workers."""
+        if self.num_workers == 0:
+            return None
+        if self._pool is None:
+            self._pool = WorkerPool(self.fetcher, self.num_workers, self.multiprocessing_context)
+            # Garbage collection of a loader that was never closed still stops its workers.
+            weakref.finalize(self, self._pool.close)
+        return self._pool
+
     def shutdown(self) -> None:
-        """Stop the running pass's threads and worker processes (if any)."""
+        """Stop the running pass's threads (the worker processes stay for the next pass)."""
         active, self._active = self._active, None
         if active is not None:
             active.stop()
 
     def close(self) -> None:
-        """Stop the pipeline and close this process's file handles."""
+        """Stop the pipeline and the worker processes, and close this process's file handles."""
         self.shutdown()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         self.dataset.storage.close()
 
     def __enter__(self) -> StreamingLoader:

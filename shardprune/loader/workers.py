@@ -1,0 +1,191 @@
+"""Persistent fetch workers: processes that start once and serve every epoch of a loader.
+
+A :class:`WorkerPool` starts ``num_workers`` processes the first time a pass needs them and
+keeps them until :meth:`WorkerPool.close` (the loader's ``close()``, or garbage collection).
+Each worker receives the :class:`~shardprune.loader.fetch.UnitFetcher` (the dataset's URL,
+manifest arrays and options) once, when it starts; afterwards only read units travel to it.
+
+Hand-off, in rules:
+
+1. Unit ``i`` of a pass goes to worker ``i % num_workers``, on that worker's own input
+   queue; its result comes back on that worker's own output queue. Each queue is FIFO, so
+   the pool returns results in unit order without a reorder buffer, and the batches do not
+   depend on the worker count (the plan order is restored later by slot).
+2. At most ``in_flight`` units per worker are outstanding, which bounds memory.
+3. Results cross as one shared-memory tensor per unit (:meth:`UnitResult.pack`).
+4. Every pass has a generation number. A pass that is abandoned (``break``, an error)
+   leaves units in the queues: workers skip units of an old generation without reading
+   them (the current generation is a shared counter) and the next pass drops their
+   results.
+5. While waiting for a result, the pool polls its processes; a worker that died (SIGKILL,
+   the OOM killer) raises :class:`~shardprune.errors.FetchError` naming its PID and exit
+   code, and the next pass starts a new process in its place.
+6. An exception while reading a unit is returned in the result and re-raised, unchanged,
+   in the training process (:mod:`shardprune.loader.failure`).
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import torch.multiprocessing as mp
+from torchdata.nodes import BaseNode
+
+from shardprune.errors import FetchError
+from shardprune.loader.fetch import UnitFetcher, UnitResult
+from shardprune.loader.ioplan import ReadUnit
+
+#: How often a waiting pass checks that its workers are alive (seconds).
+POLL_S = 0.2
+#: Seconds a worker gets to exit after the stop message before it is terminated.
+JOIN_S = 5.0
+
+
+def _serve(fetcher: UnitFetcher, inq: Any, outq: Any, generation: Any) -> None:
+    """A worker's loop: read the units it is sent until the stop message (None)."""
+    # Ctrl-C goes to the whole process group; the training process handles it and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        item = inq.get()
+        if item is None:
+            return
+        gen, index, unit = item
+        if gen != generation.value:
+            outq.put((gen, index, None))  # an abandoned pass's unit: not read
+            continue
+        outq.put((gen, index, fetcher(unit)))
+
+
+class WorkerPool:
+    """Long-lived fetch processes, each with its own input and output queue.
+
+    Args:
+        fetcher: Reads one unit; sent to each worker once, when it starts (``pack=True``).
+        num_workers: Processes (>= 1).
+        context: ``"forkserver"`` or ``"spawn"``.
+        in_flight: Units outstanding per worker (>= 1).
+    """
+
+    def __init__(self, fetcher: UnitFetcher, num_workers: int, context: str, in_flight: int = 2) -> None:
+        self.fetcher = fetcher
+        self.num_workers = num_workers
+        self.in_flight = in_flight
+        self._ctx: Any = mp.get_context(context)
+        self._generation = self._ctx.Value("q", 0)
+        self._procs: list[Any] = [None] * num_workers
+        self._inqs: list[Any] = [None] * num_workers
+        self._outqs: list[Any] = [None] * num_workers
+        self.started = 0  # processes started over the pool's life (tests check reuse)
+
+    def _start(self, w: int) -> None:
+        inq, outq = self._ctx.Queue(), self._ctx.Queue()
+        proc = self._ctx.Process(
+            target=_serve, args=(self.fetcher, inq, outq, self._generation), name=f"shardprune-fetch-{w}", daemon=True
+        )
+        proc.start()
+        self._procs[w], self._inqs[w], self._outqs[w] = proc, inq, outq
+        self.started += 1
+
+    def begin_pass(self) -> int:
+        """Start (or replace dead) workers and open a new generation; returns it."""
+        for w, proc in enumerate(self._procs):
+            if proc is None or not proc.is_alive():
+                if proc is not None:
+                    self._discard(w)
+                self._start(w)
+        with self._generation.get_lock():
+            self._generation.value += 1
+            return int(self._generation.value)
+
+    def pids(self) -> list[int | None]:
+        """The worker processes' PIDs (None for one not started)."""
+        return [p.pid if p is not None else None for p in self._procs]
+
+    def send(self, gen: int, index: int, unit: ReadUnit) -> None:
+        w = index % self.num_workers
+        self._inqs[w].put((gen, index, unit))
+
+    def receive(self, gen: int, index: int, epoch: int) -> UnitResult:
+        """The result of unit ``index`` of pass ``gen`` of ``epoch`` (older passes' results are dropped)."""
+        w = index % self.num_workers
+        outq, proc = self._outqs[w], self._procs[w]
+        while True:
+            try:
+                got_gen, got_index, result = outq.get(timeout=POLL_S)
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise FetchError(
+                        f"loader worker process {proc.pid} died (exit code {proc.exitcode}: killed, e.g. out of "
+                        f"memory) during epoch {epoch}; set_epoch({epoch}) and iterate again to read the epoch "
+                        "with a new worker, or resume from a checkpoint"
+                    ) from None
+                continue
+            if got_gen == gen:
+                if got_index != index or result is None:
+                    raise FetchError(f"loader worker {w} returned unit {got_index} of pass {gen}, expected {index}")
+                return result
+
+    def _discard(self, w: int) -> None:
+        for q in (self._inqs[w], self._outqs[w]):
+            q.cancel_join_thread()
+            q.close()
+        self._procs[w] = self._inqs[w] = self._outqs[w] = None
+
+    def close(self) -> None:
+        """Stop every worker (idempotent)."""
+        with self._generation.get_lock():
+            self._generation.value += 1  # workers skip whatever is still queued
+        for w, proc in enumerate(self._procs):
+            if proc is not None and proc.is_alive():
+                try:
+                    self._inqs[w].put(None)
+                except (OSError, ValueError):
+                    pass
+        for w, proc in enumerate(self._procs):
+            if proc is None:
+                continue
+            proc.join(JOIN_S)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(JOIN_S)
+            self._discard(w)
+
+
+class PoolMapper(BaseNode[UnitResult]):
+    """torchdata node: the results of ``units``, in unit order, read by a :class:`WorkerPool`.
+
+    Args:
+        units: The pass's read units in read order.
+        pool: The loader's pool.
+        epoch: The epoch read (for messages).
+    """
+
+    def __init__(self, units: Sequence[ReadUnit], pool: WorkerPool, epoch: int) -> None:
+        super().__init__()
+        self.units = units
+        self.pool = pool
+        self.epoch = epoch
+        self._gen = 0
+        self._sent = self._received = 0
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self._gen = self.pool.begin_pass()
+        self._sent = self._received = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"received": self._received}
+
+    def next(self) -> UnitResult:
+        if self._received >= len(self.units):
+            raise StopIteration
+        limit = self._received + self.pool.in_flight * self.pool.num_workers
+        while self._sent < min(len(self.units), limit):
+            self.pool.send(self._gen, self._sent, self.units[self._sent])
+            self._sent += 1
+        result = self.pool.receive(self._gen, self._received, self.epoch)
+        self._received += 1
+        return result
