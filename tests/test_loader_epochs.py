@@ -116,10 +116,11 @@ def test_len_and_state_dict_plan_nothing_and_call_no_collective(ds: Path) -> Non
         assert store.calls == 0 and loader.plan is None
         assert state["epoch"] == 0 and state["plan_fingerprint"] is None and state["step"] is None
         first = _pass(loader)[0]
-        assert store.calls == 1
-        assert len(loader) == loader.plan.num_batches < 23 if loader.plan else False
+        assert store.calls == 2  # epoch 0 at its start; epoch 1 when epoch 0's last batch was requested
+        assert loader.plan is not None and len(loader) == loader.plan.num_batches < 23
         loader.state_dict()
-        assert store.calls == 1
+        len(loader)
+        assert store.calls == 2
     with _make(ds, store=CountingStore(), batch_size=7, drop_last=False) as resumed:
         resumed.load_state_dict(state)
         assert _pass(resumed)[0] == first
@@ -196,3 +197,36 @@ def test_weighted_loss_passes_the_batch_epoch_to_the_store() -> None:
     weighted_loss(batch, torch.ones(3), Sink())
     weighted_loss({"ids": torch.tensor([1])}, torch.ones(1), Sink())
     assert calls == [([4, 6], 7), ([1], None)]
+
+
+def test_next_epoch_is_planned_from_the_reports_made_before_the_last_batch_was_requested(
+    ds: Path, tmp_path: Path
+) -> None:
+    from shardprune.dist import load_checkpoint, save_checkpoint
+
+    def job(name: str) -> tuple[StreamingLoader, ScoreStore]:
+        store = ScoreStore(tmp_path / name, N, "fp", flush_interval_s=None)
+        return StreamingLoader(ds, batch_size=16, policy="infobatch", store=store, num_epochs=3, seed=0), store
+
+    def train(loader: StreamingLoader, store: ScoreStore) -> list[list[int]]:
+        out = []
+        for batch in loader:
+            out.append(batch["ids"].tolist())
+            weighted_loss(batch, batch["npy"][:, 1].abs().float(), store)
+        return out
+
+    loader, store = job("a")
+    epoch0 = train(loader, store)
+    save_checkpoint(tmp_path / "end0.json", loader, store)  # at the end of epoch 0, every report made
+    epoch1 = train(loader, store)
+    assert loader.snapshot is not None
+    # Epoch 1 was decided from every report of epoch 0 except its last batch's.
+    assert int(loader.snapshot.columns()["visits"].sum()) == 16 * (len(epoch0) - 1) == 144
+    loader.close()
+    store.close()
+    # A resume from the end of epoch 0 plans epoch 1 from that same snapshot, not the later scores.
+    loader, store = job("a")
+    load_checkpoint(tmp_path / "end0.json", loader, store)
+    assert train(loader, store) == epoch1
+    loader.close()
+    store.close()

@@ -18,7 +18,10 @@ Epochs advance by themselves:
   across epochs; the policy anneals by steps (see :mod:`~shardprune.loader.epochs`). A
   stream left halfway continues where it stopped on the next ``iter()``.
 
-An epoch is planned when it starts (its scores frozen then), on the training thread.
+The next epoch is planned in a background thread while the current one drains, from the
+reports made before the current epoch's last batch was requested (the exact rule, and how
+a resume reproduces it, is in :mod:`~shardprune.loader.ahead`). The worker processes start
+once per loader and serve every epoch (:mod:`~shardprune.loader.workers`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
 from shardprune.errors import CheckpointMismatchError, ConfigError
+from shardprune.loader.ahead import PlanAhead, Prepared
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.epochs import EpochPlanner, PlannedEpoch, full_batches
@@ -55,7 +59,8 @@ from shardprune.state import StateSchema, check_config, digest, jsonable
 from shardprune.validate import check_bool, check_choice, check_float, check_int
 
 #: The loader's state (:meth:`StreamingLoader.state_dict`). Version 2 added ``step`` and
-#: allows a state taken before any epoch was planned (null fingerprints).
+#: ``next_snapshot_fingerprint`` and allows a state taken before any epoch was planned
+#: (null fingerprints).
 LOADER_STATE = StateSchema(
     "loader",
     2,
@@ -69,6 +74,7 @@ LOADER_STATE = StateSchema(
             "step",
             "snapshot_fingerprint",
             "plan_fingerprint",
+            "next_snapshot_fingerprint",
         }
     ),
 )
@@ -148,7 +154,8 @@ class StreamingLoader:
     "epoch", "batches_yielded" (batches of the epoch handed to the caller: a position in
     the plan, not a sample count), "step" (batches of the stream handed out, step mode;
     null in epoch mode), "snapshot_fingerprint", "plan_fingerprint" (both null when no
-    epoch was planned yet)}``. Loading re-plans the epoch from the same snapshot
+    epoch was planned yet), "next_snapshot_fingerprint" (the snapshot the next epoch is
+    being planned from, once the epoch's last batch was requested; else null)}``. Loading re-plans the epoch from the same snapshot
     (reloaded with ``store.pinned_snapshot`` when the store has it) and refuses a state
     from another configuration or snapshot with :class:`CheckpointMismatchError`. After
     loading a state whose epoch was complete, ``iter()`` serves the next epoch.
@@ -255,6 +262,8 @@ class StreamingLoader:
         self._resume_pending = False  # load_state_dict was the last call: set_epoch(same) keeps its cursor
         self._active: EpochPipeline | None = None
         self._pool: WorkerPool | None = None
+        self._ahead = PlanAhead(self._plan_with_units)
+        self._first_units: tuple[PlannedEpoch, list[ReadUnit]] | None = None
 
     # -- what the current epoch is ----------------------------------------------------------
     @property
@@ -314,13 +323,43 @@ class StreamingLoader:
             raise ConfigError(f"store.snapshot() returned {got} scores; the dataset has {n} samples")
         return snap
 
+    def _plan_with_units(self, epoch: int, clock: int, snapshot: ScoreSnapshot) -> Prepared:
+        planned = self.planner.plan(epoch, clock, snapshot)
+        units = self.planner.read_units(
+            planned.plan, 0, max_gap=self.max_gap, max_block=self.max_block, gap_budget=self.gap_budget
+        )
+        return planned, units
+
     def _begin(self, epoch: int, snapshot: ScoreSnapshot | None = None) -> PlannedEpoch:
-        """Plan ``epoch`` (freezing the scores now unless given) and stand at its first batch."""
+        """Plan ``epoch`` and stand at its first batch.
+
+        The scores: ``snapshot`` if given (a resume), else the epoch prepared in the
+        background if it is this one (see :mod:`~shardprune.loader.ahead`), else frozen now.
+        """
         clock = epoch if self.num_steps is None else self._step
-        planned = self.planner.plan(epoch, clock, self._freeze() if snapshot is None else snapshot)
+        prepared = self._ahead.take(epoch, clock) if snapshot is None else None
+        self._ahead.clear()
+        if prepared is not None:
+            planned = prepared[0]
+            self._first_units = prepared
+        else:
+            planned = self.planner.plan(epoch, clock, self._freeze() if snapshot is None else snapshot)
         self.shutdown()
         self._epoch, self._cursor = planned, 0
         return planned
+
+    def _prepare_next(self, planned: PlannedEpoch) -> None:
+        """At the request of ``planned``'s last batch: freeze the scores, plan the next epoch behind."""
+        if self.num_steps is None:
+            assert self.num_epochs is not None
+            if planned.epoch + 1 >= self.num_epochs:
+                return  # the run's last epoch: nothing to prepare
+            clock = planned.epoch + 1
+        else:
+            if self._step + 1 >= self.num_steps:
+                return  # the stream ends with this batch
+            clock = self._step + 1
+        self._ahead.start(planned.epoch + 1, clock, self._freeze())
 
     def set_epoch(self, epoch: int) -> None:
         """Freeze the scores, decide what to keep and plan ``epoch`` (>= 0) for the next ``iter()``.
@@ -431,8 +470,10 @@ class StreamingLoader:
             num_classes=header.num_classes,
             keep_label=header.num_classes is not None,
         )
+        cached, self._first_units = self._first_units, None
+        units = cached[1] if cached is not None and cached[0] is planned and start == 0 else self.read_units(start)
         pipeline = EpochPipeline(
-            self.read_units(start),
+            units,
             plan,
             start,
             fetcher=self.fetcher,
@@ -443,8 +484,15 @@ class StreamingLoader:
             on_result=self._count,
         )
         self._active = pipeline
+        batches = pipeline.batches()
         try:
-            for batch in pipeline.batches():
+            while True:
+                if self._cursor == plan.num_batches - 1:
+                    self._prepare_next(planned)
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
                 self._cursor += 1
                 self._step += 1
                 stats.batches = self._cursor
@@ -475,6 +523,7 @@ class StreamingLoader:
     def close(self) -> None:
         """Stop the pipeline and the worker processes, and close this process's file handles."""
         self.shutdown()
+        self._ahead.close()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -504,7 +553,9 @@ class StreamingLoader:
                 step=step,
                 snapshot_fingerprint=None,
                 plan_fingerprint=None,
+                next_snapshot_fingerprint=None,
             )
+        ahead = self._ahead.snapshot_for(planned.epoch + 1)
         return LOADER_STATE.make(
             config=config,
             config_fingerprint=digest(config),
@@ -513,6 +564,7 @@ class StreamingLoader:
             step=step,
             snapshot_fingerprint=planned.snapshot.fingerprint,
             plan_fingerprint=planned.plan.fingerprint(),
+            next_snapshot_fingerprint=None if ahead is None else ahead.fingerprint,
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -558,6 +610,10 @@ class StreamingLoader:
         # A finished epoch is not served again: the next iter() moves on to the one after it.
         self._chosen = not complete
         self._next_epoch = epoch + 1 if complete else epoch
+        following = state["next_snapshot_fingerprint"]
+        if complete and following is not None:
+            clock = epoch + 1 if self.num_steps is None else self._step
+            self._ahead.start(epoch + 1, clock, self._snapshot_for(str(following)))
 
     def _snapshot_for(self, fingerprint: str) -> ScoreSnapshot:
         if self.store is None:
