@@ -3,22 +3,25 @@
 Which reports the next epoch is planned from (the rule every run, and every resume,
 follows, so it stays deterministic and exactly resumable):
 
-1. When the training loop *requests the last batch* of epoch ``e`` (and the loader will
-   serve an epoch after it), the loader freezes the scores, on the training thread, before
-   it hands that batch out. The snapshot of epoch ``e + 1`` therefore holds every report
-   made before that request: in the usual loop (request, forward, report, request ...)
-   all batches of ``e`` but the last. Freezing stays on the training thread because a
-   distributed store's snapshot is a collective, and every rank requests its last batch
-   at the same batch index (all ranks have equal batch counts).
+1. Epoch ``e`` has ``n`` batches; let ``k = min(plan_ahead, max(1, n // 16))``
+   (:func:`ahead_trigger`). When the training loop *requests batch* ``n - k`` of epoch
+   ``e`` (and the loader will serve an epoch after it), the loader freezes the scores, on
+   the training thread, before it hands that batch out. The snapshot of epoch ``e + 1``
+   therefore holds every report made before that request: in the usual loop (request,
+   forward, report, request ...) all batches of ``e`` but the last ``k``. Their samples
+   keep the scores they had (as pruned samples do). Freezing stays on the training
+   thread because a distributed store's snapshot is a collective, and every rank
+   requests that batch at the same index (all ranks have equal batch counts).
 2. The policy's decision, the plan and the first read units of ``e + 1`` are computed
-   from that snapshot in one background thread, while the last batch trains.
+   from that snapshot in one background thread, while the last ``k`` batches train; the
+   worker pool then starts reading ``e + 1`` behind the last units of ``e``.
 3. The next ``iter()`` (or ``set_epoch(e + 1)``) uses the prepared epoch. Any other epoch,
    or an epoch that was not served to its end, is planned when it starts, from the scores
    frozen then.
 4. The loader's state records the prepared snapshot's fingerprint
-   (``next_snapshot_fingerprint``); a resume from a state taken at the end of epoch ``e``
+   (``next_snapshot_fingerprint``); a resume from a state taken after the snapshot
    re-plans ``e + 1`` from that same snapshot (pinned in the store), not from the store's
-   later scores.
+   later scores. ``plan_ahead`` is part of the loader's configuration (checkpointed).
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ from shardprune.scores.snapshot import ScoreSnapshot
 
 #: What the background thread returns: the epoch and the read units of its first pass.
 Prepared = tuple[PlannedEpoch, list[ReadUnit]]
+#: An epoch is frozen at most this fraction of its length before its end (rule 1).
+MAX_AHEAD_FRACTION = 16
+
+
+def ahead_trigger(num_batches: int, plan_ahead: int) -> int:
+    """The batch whose request freezes the scores for the next epoch (rule 1 of the module doc)."""
+    return max(num_batches - min(plan_ahead, max(1, num_batches // MAX_AHEAD_FRACTION)), 0)
 
 
 @dataclass
@@ -49,10 +59,17 @@ class PlanAhead:
     Args:
         plan: ``fn(epoch, clock, snapshot) -> (PlannedEpoch, first pass's read units)``,
             a pure function (it runs on the background thread).
+        on_ready: Called on the background thread with each prepared epoch (the loader
+            opens the worker pool's next pass with it).
     """
 
-    def __init__(self, plan: Callable[[int, int, ScoreSnapshot], Prepared]) -> None:
+    def __init__(
+        self,
+        plan: Callable[[int, int, ScoreSnapshot], Prepared],
+        on_ready: Callable[[Prepared], None] | None = None,
+    ) -> None:
         self._plan = plan
+        self._on_ready = on_ready
         self._pool: ThreadPoolExecutor | None = None
         self._job: _Job | None = None
 
@@ -60,7 +77,15 @@ class PlanAhead:
         """Begin planning ``epoch`` at ``clock`` from ``snapshot`` (replacing any prepared epoch)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="shardprune-plan")
-        self._job = _Job(epoch, clock, snapshot, self._pool.submit(self._plan, epoch, clock, snapshot))
+        job = _Job(epoch, clock, snapshot, self._pool.submit(self._plan, epoch, clock, snapshot))
+        self._job = job
+        if self._on_ready is not None:
+            job.future.add_done_callback(self._ready)
+
+    def _ready(self, future: Future[Prepared]) -> None:
+        if self._on_ready is not None and not future.cancelled() and future.exception() is None:
+            if self._job is not None and self._job.future is future:  # still the epoch wanted
+                self._on_ready(future.result())
 
     def snapshot_for(self, epoch: int) -> ScoreSnapshot | None:
         """The snapshot prepared for ``epoch``, if that is the epoch being prepared."""

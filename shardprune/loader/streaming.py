@@ -36,7 +36,7 @@ import torch
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
 from shardprune.errors import CheckpointMismatchError, ConfigError
-from shardprune.loader.ahead import PlanAhead, Prepared
+from shardprune.loader.ahead import PlanAhead, Prepared, ahead_trigger
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.epochs import EpochPlanner, PlannedEpoch, full_batches
@@ -139,6 +139,9 @@ class StreamingLoader:
         mixup: Apply the policy's Mixup (``decision.mixup_prob``); False never blends.
         storage_options: fsspec options when ``dataset`` is a remote URL.
         multiprocessing_context: ``"forkserver"`` (default) or ``"spawn"`` for workers.
+        plan_ahead: Batches before the end of an epoch at which the next one is frozen and
+            planned in the background (default 16, at most a sixteenth of the epoch; see
+            :mod:`~shardprune.loader.ahead`).
 
     Epochs: see the module docstring. Each batch carries ``epoch`` (int), which
     :func:`shardprune.weighted_loss` passes on to the score store with the losses.
@@ -189,6 +192,7 @@ class StreamingLoader:
         mixup: bool = True,
         storage_options: dict[str, Any] | None = None,
         multiprocessing_context: str = "forkserver",
+        plan_ahead: int = 16,
     ) -> None:
         if (num_epochs is None) == (num_steps is None):
             raise ConfigError(
@@ -243,6 +247,7 @@ class StreamingLoader:
                 "pass pin_memory=None (pin when CUDA is available) or False"
             )
         self.mixup = bool(mixup)
+        self.plan_ahead = check_int("plan_ahead", plan_ahead, 1)
         self.fetcher = UnitFetcher(
             self.dataset,
             decode=decode,
@@ -262,7 +267,7 @@ class StreamingLoader:
         self._resume_pending = False  # load_state_dict was the last call: set_epoch(same) keeps its cursor
         self._active: EpochPipeline | None = None
         self._pool: WorkerPool | None = None
-        self._ahead = PlanAhead(self._plan_with_units)
+        self._ahead = PlanAhead(self._plan_with_units, self._open_early)
         self._first_units: tuple[PlannedEpoch, list[ReadUnit]] | None = None
 
     # -- what the current epoch is ----------------------------------------------------------
@@ -311,6 +316,7 @@ class StreamingLoader:
             "drop_last": self.cfg.drop_last,
             "policy": jsonable(state),
             "mixup": self.mixup,
+            "plan_ahead": self.plan_ahead,
         }
 
     def _freeze(self) -> ScoreSnapshot:
@@ -329,6 +335,12 @@ class StreamingLoader:
             planned.plan, 0, max_gap=self.max_gap, max_block=self.max_block, gap_budget=self.gap_budget
         )
         return planned, units
+
+    def _open_early(self, prepared: Prepared) -> None:
+        """The next epoch is planned: let the workers read its first units behind this epoch's last."""
+        pool = self._pool
+        if pool is not None:
+            pool.open_early(prepared[1])
 
     def _begin(self, epoch: int, snapshot: ScoreSnapshot | None = None) -> PlannedEpoch:
         """Plan ``epoch`` and stand at its first batch.
@@ -349,16 +361,16 @@ class StreamingLoader:
         return planned
 
     def _prepare_next(self, planned: PlannedEpoch) -> None:
-        """At the request of ``planned``'s last batch: freeze the scores, plan the next epoch behind."""
+        """At the request of batch :func:`ahead_trigger` of ``planned``: freeze the scores, plan the next epoch."""
         if self.num_steps is None:
             assert self.num_epochs is not None
             if planned.epoch + 1 >= self.num_epochs:
                 return  # the run's last epoch: nothing to prepare
             clock = planned.epoch + 1
         else:
-            if self._step + 1 >= self.num_steps:
-                return  # the stream ends with this batch
-            clock = self._step + 1
+            clock = self._step + planned.plan.num_batches - self._cursor  # the step the next epoch starts at
+            if clock >= self.num_steps:
+                return  # the stream ends within this epoch
         self._ahead.start(planned.epoch + 1, clock, self._freeze())
 
     def set_epoch(self, epoch: int) -> None:
@@ -487,7 +499,7 @@ class StreamingLoader:
         batches = pipeline.batches()
         try:
             while True:
-                if self._cursor == plan.num_batches - 1:
+                if self._cursor == ahead_trigger(plan.num_batches, self.plan_ahead):
                     self._prepare_next(planned)
                 try:
                     batch = next(batches)
@@ -611,8 +623,9 @@ class StreamingLoader:
         self._chosen = not complete
         self._next_epoch = epoch + 1 if complete else epoch
         following = state["next_snapshot_fingerprint"]
-        if complete and following is not None:
-            clock = epoch + 1 if self.num_steps is None else self._step
+        if following is not None:
+            # The snapshot of the next epoch was taken before the checkpoint: plan from it again.
+            clock = epoch + 1 if self.num_steps is None else self._step + plan.num_batches - cursor
             self._ahead.start(epoch + 1, clock, self._snapshot_for(str(following)))
 
     def _snapshot_for(self, fingerprint: str) -> ScoreSnapshot:

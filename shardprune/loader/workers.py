@@ -14,9 +14,12 @@ Hand-off, in rules:
 2. At most ``in_flight`` units per worker are outstanding, which bounds memory.
 3. Results cross as one shared-memory tensor per unit (:meth:`UnitResult.pack`).
 4. Every pass has a generation number. A pass that is abandoned (``break``, an error)
-   leaves units in the queues: workers skip units of an old generation without reading
-   them (the current generation is a shared counter) and the next pass drops their
-   results.
+   leaves units in the queues: workers skip units older than the live generation (a
+   shared counter) without reading them, and the next pass drops their results. The
+   next epoch's pass may be opened early (:meth:`WorkerPool.open_early`, once it is
+   planned): its first units are queued as soon as the current pass has queued its
+   last, so the workers read on across the epoch boundary; the results that arrive
+   before their pass starts are kept for it.
 5. While waiting for a result, the pool polls its processes; a worker that died (SIGKILL,
    the OOM killer) raises :class:`~shardprune.errors.FetchError` naming its PID and exit
    code, and the next pass starts a new process in its place.
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import queue
 import signal
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch.multiprocessing as mp
@@ -44,7 +49,7 @@ POLL_S = 0.2
 JOIN_S = 5.0
 
 
-def _serve(fetcher: UnitFetcher, inq: Any, outq: Any, generation: Any) -> None:
+def _serve(fetcher: UnitFetcher, inq: Any, outq: Any, live_from: Any) -> None:
     """A worker's loop: read the units it is sent until the stop message (None)."""
     # Ctrl-C goes to the whole process group; the training process handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -53,10 +58,20 @@ def _serve(fetcher: UnitFetcher, inq: Any, outq: Any, generation: Any) -> None:
         if item is None:
             return
         gen, index, unit = item
-        if gen != generation.value:
+        if gen < live_from.value:
             outq.put((gen, index, None))  # an abandoned pass's unit: not read
             continue
         outq.put((gen, index, fetcher(unit)))
+
+
+@dataclass
+class _Early:
+    """A pass opened before its predecessor ended (rule 4): its generation and first units."""
+
+    gen: int
+    units: Sequence[ReadUnit]
+    sent: int
+    restarts: int
 
 
 class WorkerPool:
@@ -74,31 +89,79 @@ class WorkerPool:
         self.num_workers = num_workers
         self.in_flight = in_flight
         self._ctx: Any = mp.get_context(context)
-        self._generation = self._ctx.Value("q", 0)
+        self._live_from = self._ctx.Value("q", 0)  # units of older generations are skipped
+        self._counter = 0
         self._procs: list[Any] = [None] * num_workers
         self._inqs: list[Any] = [None] * num_workers
         self._outqs: list[Any] = [None] * num_workers
+        self._stash: dict[tuple[int, int], UnitResult] = {}
+        self._early: _Early | None = None
+        self._dispatching = False
+        self._lock = threading.Lock()
         self.started = 0  # processes started over the pool's life (tests check reuse)
+        self.adopted = 0  # passes that were opened early and then served
 
     def _start(self, w: int) -> None:
         inq, outq = self._ctx.Queue(), self._ctx.Queue()
         proc = self._ctx.Process(
-            target=_serve, args=(self.fetcher, inq, outq, self._generation), name=f"shardprune-fetch-{w}", daemon=True
+            target=_serve, args=(self.fetcher, inq, outq, self._live_from), name=f"shardprune-fetch-{w}", daemon=True
         )
         proc.start()
         self._procs[w], self._inqs[w], self._outqs[w] = proc, inq, outq
         self.started += 1
 
-    def begin_pass(self) -> int:
-        """Start (or replace dead) workers and open a new generation; returns it."""
-        for w, proc in enumerate(self._procs):
-            if proc is None or not proc.is_alive():
-                if proc is not None:
-                    self._discard(w)
-                self._start(w)
-        with self._generation.get_lock():
-            self._generation.value += 1
-            return int(self._generation.value)
+    def _window(self) -> int:
+        return self.in_flight * self.num_workers
+
+    def open(self, units: Sequence[ReadUnit]) -> tuple[int, int]:
+        """Start a pass over ``units``: ``(generation, units already sent)``.
+
+        Starts (or replaces dead) workers. Adopts the early-opened pass if it is over these
+        same units and no worker was replaced since; otherwise opens a new generation and
+        cancels every older one (rule 4 of the module doc).
+        """
+        with self._lock:
+            restarts = self.started
+            for w, proc in enumerate(self._procs):
+                if proc is None or not proc.is_alive():
+                    if proc is not None:
+                        self._discard(w)
+                    self._start(w)
+            early, self._early = self._early, None
+            if early is not None and early.units is units and early.restarts == restarts and self.started == restarts:
+                gen, sent = early.gen, early.sent
+                self.adopted += 1
+            else:
+                self._counter += 1
+                gen, sent = self._counter, 0
+            self._live_from.value = gen
+            self._stash = {k: v for k, v in self._stash.items() if k[0] >= gen}
+            self._dispatching = sent < len(units)
+            return gen, sent
+
+    def open_early(self, units: Sequence[ReadUnit]) -> None:
+        """Open the next pass now; its first units are sent once the current pass has sent all of its own."""
+        with self._lock:
+            if any(p is None for p in self._procs):
+                return
+            self._counter += 1
+            self._early = _Early(self._counter, units, 0, self.started)
+            if not self._dispatching:
+                self._send_early()
+
+    def _send_early(self) -> None:
+        early = self._early
+        if early is None or early.sent:
+            return
+        for index in range(min(len(early.units), self._window())):
+            self.send(early.gen, index, early.units[index])
+        early.sent = min(len(early.units), self._window())
+
+    def dispatched(self) -> None:
+        """The current pass has sent its last unit: the early pass may follow."""
+        with self._lock:
+            self._dispatching = False
+            self._send_early()
 
     def pids(self) -> list[int | None]:
         """The worker processes' PIDs (None for one not started)."""
@@ -109,7 +172,13 @@ class WorkerPool:
         self._inqs[w].put((gen, index, unit))
 
     def receive(self, gen: int, index: int, epoch: int) -> UnitResult:
-        """The result of unit ``index`` of pass ``gen`` of ``epoch`` (older passes' results are dropped)."""
+        """The result of unit ``index`` of pass ``gen`` of ``epoch``.
+
+        Results of older passes are dropped; those of an early-opened pass are kept for it.
+        """
+        stashed = self._stash.pop((gen, index), None)
+        if stashed is not None:
+            return stashed
         w = index % self.num_workers
         outq, proc = self._outqs[w], self._procs[w]
         while True:
@@ -123,7 +192,9 @@ class WorkerPool:
                         "with a new worker, or resume from a checkpoint"
                     ) from None
                 continue
-            if got_gen == gen:
+            if got_gen > gen and result is not None:
+                self._stash[(got_gen, got_index)] = result
+            elif got_gen == gen:
                 if got_index != index or result is None:
                     raise FetchError(f"loader worker {w} returned unit {got_index} of pass {gen}, expected {index}")
                 return result
@@ -136,8 +207,10 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop every worker (idempotent)."""
-        with self._generation.get_lock():
-            self._generation.value += 1  # workers skip whatever is still queued
+        with self._lock:
+            self._counter += 1
+            self._live_from.value = self._counter  # workers skip whatever is still queued
+            self._early, self._stash = None, {}
         for w, proc in enumerate(self._procs):
             if proc is not None and proc.is_alive():
                 try:
@@ -173,8 +246,10 @@ class PoolMapper(BaseNode[UnitResult]):
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)
-        self._gen = self.pool.begin_pass()
-        self._sent = self._received = 0
+        self._gen, self._sent = self.pool.open(self.units)
+        self._received = 0
+        if self._sent >= len(self.units):
+            self.pool.dispatched()
 
     def get_state(self) -> dict[str, Any]:
         return {"received": self._received}
@@ -182,10 +257,14 @@ class PoolMapper(BaseNode[UnitResult]):
     def next(self) -> UnitResult:
         if self._received >= len(self.units):
             raise StopIteration
-        limit = self._received + self.pool.in_flight * self.pool.num_workers
-        while self._sent < min(len(self.units), limit):
-            self.pool.send(self._gen, self._sent, self.units[self._sent])
-            self._sent += 1
+        total = len(self.units)
+        limit = min(total, self._received + self.pool.in_flight * self.pool.num_workers)
+        if self._sent < limit:
+            while self._sent < limit:
+                self.pool.send(self._gen, self._sent, self.units[self._sent])
+                self._sent += 1
+            if self._sent == total:
+                self.pool.dispatched()
         result = self.pool.receive(self._gen, self._received, self.epoch)
         self._received += 1
         return result
