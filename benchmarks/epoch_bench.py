@@ -18,9 +18,14 @@ does nothing but take batches. Reported:
 
 * ``first batch``: from the loader's construction to the first batch of epoch 0 (worker
   start, planning of epoch 0, first reads).
-* ``boundary e -> e+1``: the time from the last batch of epoch e to the first of e+1,
-  minus the median batch interval of epoch e+1: what the training thread waited for
-  the epoch change (the target is <= 50 ms).
+* ``boundary e -> e+1``: the time the training thread spent inside the loader from the
+  moment it asked for the batch after the last of epoch e (``StopIteration``, then
+  ``set_epoch`` with ``--explicit``, ``iter()`` and the first ``next()`` of e+1) until it
+  had the first batch of e+1, minus the median time it waited for a batch in epoch e+1:
+  what the epoch change cost the training thread (the target is <= 50 ms). With
+  ``--step-ms`` the consumer sleeps after each batch like a training step (on a GPU the
+  Python thread mostly waits too), which gives the loader's background work time to run;
+  ``--tail`` applies it only near the epoch ends, so a run takes minutes.
 * ``epoch``: seconds per epoch and samples per second.
 
 The same script runs against another checkout (``PYTHONPATH=/path/to/checkout``) with
@@ -113,30 +118,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     ds = open_dataset(build(args.root, args.samples, args.shards))
     scores = SeenScores(len(ds))
+    extra = {} if args.plan_ahead is None else {"plan_ahead": args.plan_ahead}
     t0 = time.perf_counter()
     loader = StreamingLoader(ds, batch_size=args.batch_size, policy=make_policy("infobatch", prune_ratio=0.5),
                              store=scores, num_epochs=args.epochs, num_workers=args.workers, decode=False,
-                             mixup=False)
-    stamps: list[list[float]] = []
+                             mixup=False, **extra)
+    step = args.step_ms / 1e3
+    epochs: list[dict[str, Any]] = []
+    pending = 0.0  # time blocked in the loader since the previous epoch's last batch
+    first = 0.0
     for epoch in range(args.epochs):
+        start = time.perf_counter()
         if args.explicit:
             loader.set_epoch(epoch)
-        times = []
-        for _ in loader:
-            times.append(time.perf_counter())
-        stamps.append(times)
-        print(f"# epoch {epoch}: {len(times)} batches in {times[-1] - (stamps[-2][-1] if epoch else t0):.2f} s",
-              flush=True)
+        it = iter(loader)
+        pending += time.perf_counter() - start
+        waits: list[float] = []
+        n = 0
+        while True:
+            t = time.perf_counter()
+            try:
+                next(it)
+            except StopIteration:
+                ended = time.perf_counter() - t
+                break
+            waits.append(time.perf_counter() - t)
+            if not waits[1:]:
+                first = time.perf_counter() - t0 if epoch == 0 else first
+                n = loader.plan.num_batches if loader.plan is not None else 0
+            i = len(waits) - 1
+            if step and (args.tail is None or i >= n - args.tail or i < args.tail):
+                time.sleep(step)  # the training step: the GPU works, the Python thread waits
+        median = statistics.median(waits[1:]) if len(waits) > 1 else 0.0
+        epochs.append({"epoch": epoch, "batches": len(waits), "seconds": time.perf_counter() - start,
+                       "blocked_first_s": pending + (waits[0] if waits else 0.0), "median_wait_s": median,
+                       "blocked_parts_s": {"previous_end_and_start": pending, "first_next": waits[0] if waits else 0.0}})
+        pending = ended
+        print(f"# epoch {epoch}: {len(waits)} batches in {epochs[-1]['seconds']:.2f} s", flush=True)
     loader.close()
-    first = stamps[0][0] - t0
-    boundaries = []
-    for e in range(args.epochs - 1):
-        nxt = stamps[e + 1]
-        median = statistics.median(np.diff(nxt).tolist())
-        boundaries.append({"from": e, "gap_s": nxt[0] - stamps[e][-1], "median_interval_s": median,
-                           "stall_s": nxt[0] - stamps[e][-1] - median})
-    epochs = [{"epoch": e, "batches": len(t), "seconds": t[-1] - (stamps[e - 1][-1] if e else t0)}
-              for e, t in enumerate(stamps)]
+    boundaries = [
+        {"from": e - 1, "blocked_s": epochs[e]["blocked_first_s"], "median_wait_s": epochs[e]["median_wait_s"],
+         "parts_s": epochs[e]["blocked_parts_s"],
+         "stall_s": epochs[e]["blocked_first_s"] - epochs[e]["median_wait_s"]}
+        for e in range(1, len(epochs))
+    ]
     return {"first_batch_s": first, "boundaries": boundaries, "epochs": epochs}
 
 
@@ -149,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--explicit", action="store_true", help="call set_epoch(e) before each epoch")
+    p.add_argument("--step-ms", type=float, default=0.0, help="simulated training step per batch (sleep; default 0)")
+    p.add_argument("--tail", type=int, default=None,
+                   help="sleep only for the first and last TAIL batches of each epoch (keeps runs short)")
+    p.add_argument("--plan-ahead", type=int, default=None, help="StreamingLoader(plan_ahead=) (default: the loader's)")
     p.add_argument("--out", type=Path, default=None, help="append one JSON line here")
     args = p.parse_args(argv)
     from machineinfo import machine_info  # benchmarks/ is on sys.path
@@ -161,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(f"first batch: {result['first_batch_s']:.3f} s")
     for b in result["boundaries"]:
-        print(f"boundary {b['from']} -> {b['from'] + 1}: gap {b['gap_s'] * 1e3:.1f} ms, median batch interval "
-              f"{b['median_interval_s'] * 1e3:.1f} ms, stall {b['stall_s'] * 1e3:.1f} ms")
+        print(f"boundary {b['from']} -> {b['from'] + 1}: blocked {b['blocked_s'] * 1e3:.1f} ms, median wait per batch "
+              f"{b['median_wait_s'] * 1e3:.1f} ms, stall {b['stall_s'] * 1e3:.1f} ms "
+              f"(end of e + start of e+1 {b['parts_s']['previous_end_and_start'] * 1e3:.1f} ms, "
+              f"first next() {b['parts_s']['first_next'] * 1e3:.1f} ms)")
     for e in result["epochs"]:
         print(f"epoch {e['epoch']}: {e['batches']} batches, {e['seconds']:.2f} s")
     if args.out is not None:
