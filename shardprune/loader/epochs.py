@@ -26,6 +26,7 @@ import numpy as np
 from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
 from shardprune.loader.ioplan import ReadUnit, plan_reads
+from shardprune.loader.options import ReadOptions
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
 from shardprune.loader.stats import EpochStats
 from shardprune.policies.decision import EpochDecision, Policy
@@ -108,9 +109,7 @@ class EpochPlanner:
         )
         return PlannedEpoch(epoch, clock, snapshot, decision, plan, stats)
 
-    def read_units(
-        self, plan: EpochPlan, start_batch: int, *, max_gap: int, max_block: int, gap_budget: float
-    ) -> list[ReadUnit]:
+    def read_units(self, plan: EpochPlan, start_batch: int, reads: ReadOptions) -> list[ReadUnit]:
         """The range reads serving batches ``start_batch..`` of ``plan``, in read order."""
         slots = np.sort(plan.order[start_batch * plan.batch_size :])
         m = self.dataset.manifest
@@ -120,7 +119,7 @@ class EpochPlanner:
             m.shard,
             m.offset,
             m.length,
-            max_gap=max_gap,
-            max_block=max_block,
-            gap_budget=gap_budget,
+            max_gap=reads.max_gap,
+            max_block=reads.max_block,
+            gap_budget=reads.gap_budget,
         )

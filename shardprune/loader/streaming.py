@@ -42,6 +42,7 @@ from shardprune.loader.decode import Transform
 from shardprune.loader.epochs import EpochPlanner, PlannedEpoch, full_batches
 from shardprune.loader.fetch import UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit
+from shardprune.loader.options import DEFAULT_MAX_BLOCK, ReadOptions
 from shardprune.loader.order import BatchAssembler
 from shardprune.loader.pipeline import (
     FORKSERVER_PRELOAD,
@@ -56,7 +57,7 @@ from shardprune.policies import make_policy
 from shardprune.policies.decision import EpochDecision, Policy
 from shardprune.scores.snapshot import ScoreSnapshot
 from shardprune.state import StateSchema, check_config, digest, jsonable
-from shardprune.validate import check_bool, check_choice, check_float, check_int
+from shardprune.validate import check_bool, check_choice, check_int
 
 #: The loader's state (:meth:`StreamingLoader.state_dict`). Version 2 added ``step`` and
 #: ``next_snapshot_fingerprint`` and allows a state taken before any epoch was planned
@@ -80,19 +81,6 @@ LOADER_STATE = StateSchema(
 )
 STATE_VERSION = LOADER_STATE.version
 STATE_KEYS = LOADER_STATE.keys
-#: Defaults of the I/O planner, by storage kind. Local reads are system calls, so gaps are
-#: never bridged; an object-store request costs a round trip, so pruned samples smaller
-#: than ``max_gap`` are read through rather than splitting the request.
-LOCAL_MAX_GAP = 0
-REMOTE_MAX_GAP = 16 * 1024
-#: Further gaps read through on object storage, smallest first, as a fraction of the
-#: planned bytes (see :func:`~shardprune.loader.ioplan.plan_reads`): at most 20% more
-#: bytes for fewer requests. Local reads never bridge gaps.
-LOCAL_GAP_BUDGET = 0.0
-REMOTE_GAP_BUDGET = 0.2
-DEFAULT_MAX_BLOCK = 4 * 1024 * 1024
-LOCAL_IO_CONCURRENCY = 1
-REMOTE_IO_CONCURRENCY = 8
 MP_CONTEXTS = ("forkserver", "spawn")
 __all__ = ["StreamingLoader", "SnapshotSource"]
 
@@ -226,12 +214,9 @@ class StreamingLoader:
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.prefetch_batches = check_int("prefetch_batches", prefetch_batches, 0)
         local = self.dataset.storage.is_local
-        self.max_gap = check_int("max_gap", (LOCAL_MAX_GAP if local else REMOTE_MAX_GAP) if max_gap is None else max_gap, 0)
-        budget = (LOCAL_GAP_BUDGET if local else REMOTE_GAP_BUDGET) if gap_budget is None else gap_budget
-        self.gap_budget = check_float("gap_budget", budget, 0, 10, fix="a fraction of the planned bytes")
-        self.max_block = check_int("max_block", max_block, 1)
-        io = (LOCAL_IO_CONCURRENCY if local else REMOTE_IO_CONCURRENCY) if io_concurrency is None else io_concurrency
-        self.io_concurrency = check_int("io_concurrency", io, 1)
+        self.reads = ReadOptions.for_storage(
+            local, max_gap=max_gap, gap_budget=gap_budget, max_block=max_block, io_concurrency=io_concurrency
+        )
         if multiprocessing_context not in MP_CONTEXTS:
             raise ConfigError(
                 f"multiprocessing_context={multiprocessing_context!r} is not one of {MP_CONTEXTS}; fork is "
@@ -252,7 +237,7 @@ class StreamingLoader:
             self.dataset,
             decode=decode,
             transform=transform,
-            io_threads=self.io_concurrency,
+            io_threads=self.reads.io_concurrency,
             fields=None if fields is None else tuple(fields),
             pack=self.num_workers > 0,
         )
@@ -331,10 +316,7 @@ class StreamingLoader:
 
     def _plan_with_units(self, epoch: int, clock: int, snapshot: ScoreSnapshot) -> Prepared:
         planned = self.planner.plan(epoch, clock, snapshot)
-        units = self.planner.read_units(
-            planned.plan, 0, max_gap=self.max_gap, max_block=self.max_block, gap_budget=self.gap_budget
-        )
-        return planned, units
+        return planned, self.planner.read_units(planned.plan, 0, self.reads)
 
     def _open_early(self, prepared: Prepared) -> None:
         """The next epoch is planned: let the workers read its first units behind this epoch's last."""
@@ -414,9 +396,7 @@ class StreamingLoader:
         """The range reads serving batches ``start_batch..`` of the epoch planned last, in read order."""
         if self._epoch is None:
             raise ConfigError("no epoch is planned yet; call set_epoch(epoch) (or iterate) before read_units()")
-        return self.planner.read_units(
-            self._epoch.plan, start_batch, max_gap=self.max_gap, max_block=self.max_block, gap_budget=self.gap_budget
-        )
+        return self.planner.read_units(self._epoch.plan, start_batch, self.reads)
 
     # -- iteration ----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
