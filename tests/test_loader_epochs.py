@@ -230,3 +230,33 @@ def test_next_epoch_is_planned_from_the_reports_made_before_the_last_batch_was_r
     assert train(loader, store) == epoch1
     loader.close()
     store.close()
+
+
+def test_checkpoints_in_the_tail_of_an_epoch_resume_both_epochs_exactly(ds: Path, tmp_path: Path) -> None:
+    """More checkpoints than the store keeps pins, after the next epoch was frozen: both plans still resume."""
+    from shardprune.dist import load_checkpoint, save_checkpoint
+    from shardprune.scores.generations import MAX_PINS
+
+    def job() -> tuple[StreamingLoader, ScoreStore]:
+        store = ScoreStore(tmp_path / "scores", N, "fp", flush_interval_s=None)
+        loader = StreamingLoader(ds, batch_size=1, policy="infobatch", store=store, num_epochs=2, seed=0,
+                                 prefetch_batches=0)
+        return loader, store
+
+    loader, store = job()
+    seen: list[int] = []
+    for epoch in range(2):
+        for b, batch in enumerate(loader):
+            seen.extend(batch["ids"].tolist())
+            weighted_loss(batch, batch["npy"][:, 1].abs().float(), store)
+            if epoch == 0 and b >= 150 - MAX_PINS:  # the next epoch is frozen at batch 150 (160 - 160 // 16)
+                save_checkpoint(tmp_path / f"ckpt-{b}.json", loader, store)
+    loader.close()
+    store.close()
+    loader, store = job()
+    load_checkpoint(tmp_path / "ckpt-157.json", loader, store)  # 158 batches served, 2 left
+    rest = [i for _ in range(2) for batch in loader for i in batch["ids"].tolist()
+            if weighted_loss(batch, batch["npy"][:, 1].abs().float(), store) is not None]
+    loader.close()
+    store.close()
+    assert rest == seen[158:] and len(rest) > 100

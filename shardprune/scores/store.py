@@ -45,16 +45,18 @@ _STOP = object()
 _Item = tuple[HostArray, HostArray, int]
 
 
-def keep_pins(pins: list[dict[str, Any]], protect: str) -> list[dict[str, Any]]:
-    """The newest ``MAX_PINS`` pins, always including the one of ``protect`` if present.
+def keep_pins(pins: list[dict[str, Any]], protect: str | tuple[str, ...]) -> list[dict[str, Any]]:
+    """The newest ``MAX_PINS`` pins, always including those of ``protect`` if present.
 
-    ``protect`` is the snapshot the current epoch was planned from: a resume re-plans the
-    epoch from it, so frequent checkpoints (one pin each) must not push it out.
+    ``protect`` is the snapshot the current epoch was planned from (and the one the next
+    epoch is being planned from, near an epoch's end): a resume re-plans the epoch from
+    it, so frequent checkpoints (one pin each) must not push it out.
     """
     if len(pins) <= gen.MAX_PINS:
         return pins
-    kept = [p for p in pins if p["fingerprint"] == protect][-1:]
-    others = [p for p in pins if p["fingerprint"] != protect]
+    wanted = {protect} if isinstance(protect, str) else set(protect)
+    kept = [p for p in pins if p["fingerprint"] in wanted][-len(wanted) :]
+    others = [p for p in pins if p["fingerprint"] not in wanted]
     return kept + others[len(others) - (gen.MAX_PINS - len(kept)) :]
 
 
@@ -152,6 +154,7 @@ class ScoreStore:
             "generation": 0,
         }
         self.last_snapshot_fingerprint = ""
+        self._previous_snapshot_fingerprint = ""  # the loader plans the next epoch before this one ends
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._open(chunk_size)
@@ -362,6 +365,7 @@ class ScoreStore:
             and in :meth:`state_dict`.
         """
         snap = self._take_snapshot(self.writer if pin is None else pin)
+        self._previous_snapshot_fingerprint = self.last_snapshot_fingerprint
         self.last_snapshot_fingerprint = snap.fingerprint
         return snap
 
@@ -452,7 +456,9 @@ class ScoreStore:
             if pin is not None:
                 commit.pins = [p for p in commit.pins if p["fingerprint"] != pin["fingerprint"]]
                 commit.pins.append({**pin, "chunks": list(chunks)})
-                commit.pins = keep_pins(commit.pins, self.last_snapshot_fingerprint)
+                commit.pins = keep_pins(
+                    commit.pins, (self._previous_snapshot_fingerprint, self.last_snapshot_fingerprint)
+                )
             commit.compact_dirs()
             gen.write_commit(self._storage, commit)
         except BaseException:
