@@ -127,7 +127,40 @@ def test_workers_start_once_and_serve_every_epoch(tmp_path: Path) -> None:
             assert ids == want[epoch]
         assert loader._pool is not None
         assert loader._pool.started == 2 and pids == set(loader._pool.pids())
-        # Epochs 1 and 2 were planned behind their predecessors and their first units read early.
-        assert loader._pool.adopted == 2
         procs = list(loader._pool._procs)
     assert all(not p.is_alive() for p in procs)  # close() stopped them
+
+
+def test_a_pass_opened_early_is_read_behind_the_current_one_and_adopted(tmp_path: Path) -> None:
+    from shardprune.dataset import open_dataset
+    from shardprune.loader.fetch import UnitFetcher
+    from shardprune.loader.ioplan import plan_reads
+    from shardprune.loader.workers import PoolMapper, WorkerPool
+
+    write_dataset(tmp_path / "ds")
+    ds = open_dataset(tmp_path / "ds")
+    m = ds.manifest
+    slots = np.arange(len(ds))
+    units = plan_reads(slots, slots, m.shard, m.offset, m.length, max_gap=0, max_block=4096, gap_budget=0.0)
+    later = plan_reads(slots[::2], slots[::2], m.shard, m.offset, m.length, max_gap=0, max_block=4096, gap_budget=0.0)
+    assert len(units) > 8 and len(later) > 8
+    local = UnitFetcher(ds)
+    want = [[s for s, _ in local(u).samples] for u in later]
+    pool = WorkerPool(UnitFetcher(ds, pack=True), 2, "forkserver")
+    try:
+        first = PoolMapper(units, pool, epoch=0)
+        got_first = [r.index for r in first]
+        pool.open_early(later)  # the current pass has queued all its units: the early one is queued now
+        second = PoolMapper(later, pool, epoch=1)
+        got = []
+        for r in second:
+            r.unpack()
+            got.append([s for s, _ in r.samples])
+        assert got_first == list(range(len(units)))
+        assert pool.adopted == 1 and got == want
+        # An early pass that is not the one served next is cancelled, not read into the next.
+        pool.open_early(later)
+        third = PoolMapper(units, pool, epoch=2)
+        assert [r.index for r in third] == list(range(len(units))) and pool.adopted == 1
+    finally:
+        pool.close()

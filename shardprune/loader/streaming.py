@@ -27,6 +27,7 @@ once per loader and serve every epoch (:mod:`~shardprune.loader.workers`).
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -492,9 +493,14 @@ class StreamingLoader:
                 if limit is not None and self._cursor - start >= limit:
                     return
         finally:
-            pipeline.stop()
             if self._active is pipeline:
                 self._active = None
+            if self._cursor >= plan.num_batches:
+                # Every batch was handed out, so the graph's threads are idle: joining them
+                # (torchdata polls every 0.1 s) need not hold up the training thread.
+                threading.Thread(target=pipeline.stop, name="shardprune-stop", daemon=True).start()
+            else:
+                pipeline.stop()
 
     def _workers(self) -> WorkerPool | None:
         """The persistent worker pool (started on first use), or None without workers."""

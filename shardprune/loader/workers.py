@@ -176,12 +176,15 @@ class WorkerPool:
 
         Results of older passes are dropped; those of an early-opened pass are kept for it.
         """
-        stashed = self._stash.pop((gen, index), None)
-        if stashed is not None:
-            return stashed
         w = index % self.num_workers
         outq, proc = self._outqs[w], self._procs[w]
         while True:
+            # Another thread (an abandoned pass still stopping) may have stashed it for us.
+            stashed = self._stash.pop((gen, index), None)
+            if stashed is not None:
+                return stashed
+            if gen < self._live_from.value:
+                raise FetchError(f"pass {gen} of the worker pool was cancelled (a newer pass started)")
             try:
                 got_gen, got_index, result = outq.get(timeout=POLL_S)
             except queue.Empty:
