@@ -129,7 +129,7 @@ class StreamingLoader:
         storage_options: fsspec options when ``dataset`` is a remote URL.
         multiprocessing_context: ``"forkserver"`` (default) or ``"spawn"`` for workers.
         plan_ahead: Batches before the end of an epoch at which the next one is frozen and
-            planned in the background (default 16, at most a sixteenth of the epoch; see
+            planned in the background (default 64, at most a sixteenth of the epoch; see
             :mod:`~shardprune.loader.ahead`).
 
     Epochs: see the module docstring. Each batch carries ``epoch`` (int), which
@@ -181,7 +181,7 @@ class StreamingLoader:
         mixup: bool = True,
         storage_options: dict[str, Any] | None = None,
         multiprocessing_context: str = "forkserver",
-        plan_ahead: int = 16,
+        plan_ahead: int = 64,
     ) -> None:
         if (num_epochs is None) == (num_steps is None):
             raise ConfigError(
