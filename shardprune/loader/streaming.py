@@ -479,7 +479,8 @@ class StreamingLoader:
         self._active = pipeline
         batches = pipeline.batches()
         try:
-            while True:
+            # The plan says how many batches there are: no waiting for the graph's end marker.
+            while self._cursor < plan.num_batches:
                 if self._cursor == ahead_trigger(plan.num_batches, self.plan_ahead):
                     self._prepare_next(planned)
                 try:
