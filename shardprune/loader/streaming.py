@@ -33,6 +33,7 @@ from torchdata.nodes import BaseNode, IterableWrapper, Mapper, ParallelMapper, P
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
 from shardprune.errors import CheckpointMismatchError, ConfigError, FetchError
+from shardprune.loader.adapters import EpochSampler
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.fetch import UnitFetcher, UnitResult
@@ -304,6 +305,11 @@ class StreamingLoader:
             self.set_epoch(0)
         assert self.plan is not None
         return self.plan
+
+    @property
+    def sampler(self) -> EpochSampler:
+        """What Lightning and Accelerate call ``set_epoch`` on (``dataloader.sampler.set_epoch``)."""
+        return EpochSampler(self)
 
     def __len__(self) -> int:
         """Batches of the current epoch (plans epoch 0 if no epoch was set)."""
