@@ -136,3 +136,25 @@ def test_lightning_fit_prunes_anneals_and_resumes(tmp_path: Path) -> None:
     np.testing.assert_allclose([s[3] for s in resumed.steps], [s[3] for s in rest], rtol=1e-6)
     for name in ("visits", "loss"):
         np.testing.assert_allclose(final_b[name], final[name], rtol=1e-6, err_msg=name)
+
+
+def test_lightning_fit_over_the_loader_itself_prunes(tmp_path: Path) -> None:
+    """``train_dataloaders=loader``: Lightning's ``sampler.set_epoch`` reaches the loader."""
+    write_dataset(tmp_path / "data")
+    ds = open_dataset(tmp_path / "data")
+    store = ScoreStore(tmp_path / "scores", len(ds), ds.fingerprint, flush_interval_s=None)
+    loader = StreamingLoader(
+        ds, batch_size=BATCH, policy=make_policy("infobatch", delta=DELTA), store=store, num_epochs=EPOCHS, seed=7
+    )
+    net = Net(loader, store)
+    try:
+        _trainer(tmp_path, []).fit(net, train_dataloaders=loader)
+    finally:
+        store.close()
+        loader.close()
+    assert [net.stats[e].epoch for e in range(EPOCHS)] == list(range(EPOCHS))
+    skipped = [net.stats[e].samples_skipped for e in range(EPOCHS)]
+    assert skipped[0] == skipped[3] == skipped[4] == 0 and skipped[1] > 0 and skipped[2] > 0, skipped
+    assert [len([s for s in net.steps if s[0] == e]) for e in range(EPOCHS)] == [
+        net.stats[e].batches for e in range(EPOCHS)
+    ]

@@ -77,3 +77,64 @@ def test_readme_training_loop_runs(tmp_path: Path) -> None:
     finally:
         store.close()
     assert int(visits.sum()) == sum(planned), f"{int(visits.sum())} visits on disk, {sum(planned)} trained"
+
+
+INTEGRATIONS = "## Lightning, DataLoader, torchdata, Accelerate"
+#: Epochs the integration snippets run here instead of the README's 30 (InfoBatch prunes
+#: epochs 1-2 of 3: it anneals from epoch 0.875 * 3).
+SHORT_EPOCHS = 3
+
+
+def _python_blocks(heading: str) -> list[str]:
+    section = README[README.index(heading) + len(heading) :]
+    section = section[: section.index("\n## ")]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.fixture(scope="module")
+def mnist1d_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("readme-integrations")
+    (argv,) = [a for a in _make_shards_lines() if a[:1] == ["mnist1d"]]
+    argv = [("1000" if prev == "--num-samples" else a) for prev, a in zip([""] + argv, argv)]
+    subprocess.run([sys.executable, str(REPO / "tools" / "make_shards.py"), *argv, "--no-progress"], check=True, cwd=root)
+    return root
+
+
+def test_readme_has_integration_snippets() -> None:
+    blocks = _python_blocks(INTEGRATIONS)
+    assert len(blocks) == 3
+    assert [("as_lightning" in b, "as_iterable_dataset" in b, "register_for_checkpointing" in b) for b in blocks] == [
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["lightning", "dataloader", "accelerate"])
+def test_readme_integration_snippet_prunes(index: int, mnist1d_dir: Path, tmp_path: Path) -> None:
+    """Each snippet, after the "Train with it" set-up, trains every epoch and prunes after the first."""
+    setup = _python_block("## Train with it")
+    setup = setup[: setup.index("for epoch in range(30):")]
+    code = setup + _python_blocks(INTEGRATIONS)[index]
+    assert code.count("30") == 2, "the set-up's num_epochs and the snippet's epoch count"
+    code = code.replace("num_epochs=30", f"num_epochs={SHORT_EPOCHS}")
+    code = code.replace("range(30)", f"range({SHORT_EPOCHS})").replace("max_epochs=30", f"max_epochs={SHORT_EPOCHS}")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mnist1d-train").symlink_to(mnist1d_dir / "out" / "mnist1d-train", target_is_directory=True)
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from shardprune import ScoreStore, open_dataset
+
+    ds = open_dataset(tmp_path / "out" / "mnist1d-train")
+    store = ScoreStore(tmp_path / "out" / "scores", len(ds), ds.fingerprint, writer=False)
+    try:
+        visits = store.snapshot().columns()["visits"]
+    finally:
+        store.close()
+    full = len(ds) // 100 * 100
+    # Epoch 0 trains every sample once; epochs 1-2 skip InfoBatch's pruned part of the
+    # well-learned set. Without pruning every sample would have 3 visits.
+    assert full < int(visits.sum()) < SHORT_EPOCHS * full, int(visits.sum())
+    assert int(visits.max()) == SHORT_EPOCHS and int((visits < SHORT_EPOCHS).sum()) > 0

@@ -203,8 +203,9 @@ class EpochCursor:
                 :meth:`StreamingLoader.load_state_dict`).
         """
         self.loader.load_state_dict(state)
-        epoch = int(state["epoch"])
-        if int(state["batches_yielded"]) >= len(self.loader):
+        # Read back from the loader, which validated the state and planned its epoch.
+        epoch = self.loader.epoch_stats.epoch
+        if self.loader.epoch_stats.batches >= len(self.loader):
             self._chosen, self._last = None, epoch
         else:
             self._chosen, self._last = epoch, epoch - 1
