@@ -1,10 +1,10 @@
 """A real ``lightning.Trainer.fit`` over the loader prunes after epoch 0, anneals, and resumes exactly.
 
 Lightning only calls ``dataloader.sampler.set_epoch``; before the adapters every epoch
-replayed epoch 0, unpruned. ``as_lightning(loader)`` takes that call, has no fixed length
-(so pruned and annealing epochs are trained whole) and saves the loader's state in
-Lightning's checkpoints by itself; the score store is saved by the LightningModule's
-``on_save_checkpoint`` / ``on_load_checkpoint``.
+replayed epoch 0, unpruned. ``as_lightning(loader)`` takes that call and has no fixed
+length (so pruned and annealing epochs are trained whole); ``PruningCheckpoint`` saves the
+loader's position and the score store in Lightning's checkpoints and restores them before
+the first batch of a resumed ``fit`` is fetched.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from shardprune import ScoreStore, StreamingLoader, make_policy, open_dataset, w
 from shardprune.loader.adapters import as_lightning
 
 L = pytest.importorskip("lightning")
+
+from shardprune.loader.lightning_callback import PruningCheckpoint  # noqa: E402
 
 EPOCHS = 5
 BATCH = 32
@@ -55,24 +57,26 @@ class Net(L.LightningModule):  # type: ignore[misc,name-defined]
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["shardprune_scores"] = self.store.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.store.load_state_dict(checkpoint["shardprune_scores"])
 
 
 class SaveMidEpoch(L.Callback):  # type: ignore[misc,name-defined]
-    """Save one checkpoint after batch ``SAVE_AFTER`` of epoch ``SAVE_EPOCH``."""
+    """Save a checkpoint after batch ``SAVE_AFTER`` of epoch ``SAVE_EPOCH`` and one at the end of epoch 1."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, end_path: Path) -> None:
         self.path = path
+        self.end_path = end_path
         self.global_step = -1
+        self.end_step = -1
 
     def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.current_epoch == SAVE_EPOCH and batch_idx == SAVE_AFTER - 1:
             trainer.save_checkpoint(self.path)
             self.global_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+        if trainer.current_epoch == 1:
+            trainer.save_checkpoint(self.end_path)
+            self.end_step = trainer.global_step
 
 
 def _trainer(root: Path, callbacks: list[Any]) -> Any:
@@ -96,8 +100,11 @@ def _run(data: Path, scores: Path, root: Path, callbacks: list[Any], ckpt: Path 
     policy = make_policy("infobatch", delta=DELTA)
     loader = StreamingLoader(ds, batch_size=BATCH, policy=policy, store=store, num_epochs=EPOCHS, seed=7)
     net = Net(loader, store)
+    data_ = as_lightning(loader)
     try:
-        _trainer(root, callbacks).fit(net, train_dataloaders=as_lightning(loader), ckpt_path=None if ckpt is None else str(ckpt))
+        _trainer(root, [PruningCheckpoint(data_, store), *callbacks]).fit(
+            net, train_dataloaders=data_, ckpt_path=None if ckpt is None else str(ckpt)
+        )
         columns = store.snapshot(pin=False).columns()
     finally:
         store.close()
@@ -109,7 +116,7 @@ def test_lightning_fit_prunes_anneals_and_resumes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_dataset(data)
     ckpt = tmp_path / "mid.ckpt"
-    saver = SaveMidEpoch(ckpt)
+    saver = SaveMidEpoch(ckpt, tmp_path / "end.ckpt")
     net, final = _run(data, tmp_path / "scores", tmp_path / "a", [saver])
 
     # Pruning reached the loader: epoch 0 has no scores, 1-2 prune, 3-4 anneal.
@@ -136,6 +143,13 @@ def test_lightning_fit_prunes_anneals_and_resumes(tmp_path: Path) -> None:
     np.testing.assert_allclose([s[3] for s in resumed.steps], [s[3] for s in rest], rtol=1e-6)
     for name in ("visits", "loss"):
         np.testing.assert_allclose(final_b[name], final[name], rtol=1e-6, err_msg=name)
+
+    # Resume from the end of epoch 1 (where ModelCheckpoint usually saves): epochs 2-4 as before.
+    from_end, final_c = _run(data, tmp_path / "scores", tmp_path / "c", [], ckpt=tmp_path / "end.ckpt")
+    rest = net.steps[saver.end_step :]
+    assert rest[0][0] == 2 and net.steps[saver.end_step - 1][0] == 1
+    assert [(e, ids, w) for e, ids, w, _ in from_end.steps] == [(e, ids, w) for e, ids, w, _ in rest]
+    np.testing.assert_allclose(final_c["loss"], final["loss"], rtol=1e-6)
 
 
 def test_lightning_fit_over_the_loader_itself_prunes(tmp_path: Path) -> None:

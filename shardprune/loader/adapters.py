@@ -9,11 +9,14 @@ the epoch advance through the hook that framework already calls:
 2. :class:`LoaderDataset` (:func:`as_iterable_dataset`): a
    ``torch.utils.data.IterableDataset`` for ``DataLoader(ds, batch_size=None, num_workers=0)``.
    Each pass over it runs the next epoch unless :meth:`LoaderDataset.set_epoch` chose one.
-3. :class:`LoaderNode` (:func:`as_node`): a ``torchdata.nodes.BaseNode`` for
+3. :class:`LightningLoader` (:func:`as_lightning`): for ``lightning.Trainer.fit``: no
+   fixed length (Lightning would cut every epoch to the first one's), ``sampler.set_epoch``,
+   and a state that leaves out the batch Lightning fetched ahead.
+4. :class:`LoaderNode` (:func:`as_node`): a ``torchdata.nodes.BaseNode`` for
    ``torchdata.nodes.Loader``. ``reset(None)`` starts the next epoch; ``reset(state)``
    resumes inside the epoch of a :meth:`LoaderNode.get_state`.
 
-Rules of :class:`EpochCursor`, which 2 and 3 share (an epoch is chosen when a pass starts):
+Rules of :class:`EpochCursor`, which 2-4 share (an epoch is chosen when a pass starts):
 
 1. An epoch chosen explicitly (``set_epoch``) or by loading a state whose epoch is not
    finished is the one the next pass runs, from the state's cursor.
@@ -90,14 +93,17 @@ class LightningLoader:
     which batch is the last, which keeps epoch-end validation and schedulers right).
 
     ``sampler.set_epoch`` (called by Lightning before each epoch) plans that epoch; a pass
-    without it runs the next one (:class:`EpochCursor`). Lightning saves :meth:`state_dict`
-    in its checkpoints by itself; the batches it fetched ahead (``lookahead``, Lightning's
+    without it runs the next one (:class:`EpochCursor`). Lightning fetches the first batch
+    of a ``fit`` before it calls ``set_epoch``, so the epoch a resumed ``fit`` starts with
+    must be known by then: restore the state with
+    :class:`shardprune.loader.lightning_callback.PruningCheckpoint`, which Lightning loads
+    before training starts (Lightning itself reloads a loader's state only for a
+    checkpoint taken mid-epoch). The batches Lightning fetched ahead (``lookahead``, its
     ``_PrefetchDataFetcher`` default of 1) are not counted as handed out, so a resumed
     ``fit(ckpt_path=...)`` trains exactly the batches the interrupted one had not.
 
     State format: the loader's ``state_dict()`` with ``batches_yielded`` the batches
-    Lightning trained on. Checkpoint the score store beside it (e.g. in the
-    LightningModule's ``on_save_checkpoint`` / ``on_load_checkpoint``).
+    Lightning trained on.
 
     Args:
         loader: The loader to adapt.
@@ -110,6 +116,7 @@ class LightningLoader:
         self.cursor = EpochCursor(loader)
         self._running: int | None = None
         self._exhausted = False
+        self._loaded: dict[str, Any] | None = None
 
     @property
     def sampler(self) -> LightningLoader:
@@ -128,7 +135,7 @@ class LightningLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.cursor.start()
-        self._running, self._exhausted = epoch, False
+        self._running, self._exhausted, self._loaded = epoch, False, None
         try:
             yield from self.loader
             self._exhausted = True
@@ -143,8 +150,15 @@ class LightningLoader:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state`` (see :meth:`EpochCursor.load_state_dict`)."""
+        """Resume at ``state`` (see :meth:`EpochCursor.load_state_dict`).
+
+        Loading the state that is already loaded is a no-op: on a mid-epoch resume
+        Lightning hands the loader its state again after :class:`PruningCheckpoint` did.
+        """
+        if self._loaded is not None and state == self._loaded:
+            return
         self.cursor.load_state_dict(state)
+        self._loaded = dict(state)
 
 
 def as_lightning(loader: StreamingLoader) -> LightningLoader:
