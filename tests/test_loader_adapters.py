@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from torchdata.nodes import Loader
+from torchdata.nodes import Loader, Prefetcher
 
 from loader_data import N, write_dataset
 from shardprune import ScoreStore, StreamingLoader, make_policy, open_dataset, weighted_loss
@@ -85,6 +85,11 @@ def _nodes(loader: StreamingLoader) -> Any:
     return Loader(as_node(loader))
 
 
+def _nodes_prefetched(loader: StreamingLoader) -> Any:
+    """Composed with a further node: a background thread fetching 3 batches ahead."""
+    return Loader(Prefetcher(as_node(loader), prefetch_factor=3))
+
+
 def _state(iterable: Any) -> dict[str, Any]:
     return iterable.state_dict() if isinstance(iterable, Loader) else iterable.dataset.state_dict()
 
@@ -125,7 +130,9 @@ def test_loop_without_set_epoch_prunes_like_the_explicit_loop(
     np.testing.assert_array_equal(cols["loss"], ref_cols["loss"])
 
 
-@pytest.mark.parametrize("wrap", [_dataloader, _nodes], ids=["DataLoader", "torchdata.nodes.Loader"])
+@pytest.mark.parametrize(
+    "wrap", [_dataloader, _nodes, _nodes_prefetched], ids=["DataLoader", "torchdata.nodes.Loader", "nodes.Prefetcher"]
+)
 def test_resume_mid_epoch_yields_the_remaining_batches(
     wrap: Callable[[StreamingLoader], Any], reference: Any, tmp_path: Path
 ) -> None:

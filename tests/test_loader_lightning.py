@@ -48,7 +48,7 @@ class Net(L.LightningModule):  # type: ignore[misc,name-defined]
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = F.cross_entropy(self.fc(batch["npy"][:, 1:]), batch["label"], reduction="none")
         loss = weighted_loss(batch, losses, self.store)
-        self.steps.append((self.current_epoch, batch["ids"].tolist(), batch["weights"].tolist(), float(loss)))
+        self.steps.append((self.current_epoch, batch["ids"].tolist(), batch["weights"].tolist(), float(loss.detach())))
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -16,6 +16,8 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import make_shards  # noqa: E402
 
+from shardprune import ScoreStore, open_dataset  # noqa: E402
+
 
 def _python_block(after_heading: str) -> str:
     section = README[README.index(after_heading) :]
@@ -68,8 +70,6 @@ def test_readme_training_loop_runs(tmp_path: Path) -> None:
     assert max(skipped) > 0, f"InfoBatch pruned nothing in 30 epochs: {skipped}"
     assert skipped[-1] == 0, "the last epoch is an annealing epoch and keeps everything"
     # Every visit the loop trained on reached the store on disk (the last epoch's included).
-    from shardprune import ScoreStore, open_dataset
-
     ds = open_dataset(tmp_path / "out" / "mnist1d-train")
     store = ScoreStore(tmp_path / "out" / "scores", len(ds), ds.fingerprint, writer=False)
     try:
@@ -125,8 +125,6 @@ def test_readme_integration_snippet_prunes(index: int, mnist1d_dir: Path, tmp_pa
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from shardprune import ScoreStore, open_dataset
-
     ds = open_dataset(tmp_path / "out" / "mnist1d-train")
     store = ScoreStore(tmp_path / "out" / "scores", len(ds), ds.fingerprint, writer=False)
     try:
