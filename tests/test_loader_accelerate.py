@@ -60,6 +60,7 @@ def _train(data: Path, scores: Path, ckpt: Path, *, resume: bool, stop: bool) ->
         loader.close()
 
 
+@pytest.mark.slow
 def test_accelerate_save_state_resumes_loader_and_scores(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_dataset(data)

@@ -112,6 +112,7 @@ def _run(data: Path, scores: Path, root: Path, callbacks: list[Any], ckpt: Path 
     return net, {k: np.array(v) for k, v in columns.items()}
 
 
+@pytest.mark.slow
 def test_lightning_fit_prunes_anneals_and_resumes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_dataset(data)

@@ -110,6 +110,7 @@ def test_readme_has_integration_snippets() -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["lightning", "dataloader", "accelerate"])
 def test_readme_integration_snippet_prunes(index: int, mnist1d_dir: Path, tmp_path: Path) -> None:
     """Each snippet, after the "Train with it" set-up, trains every epoch and prunes after the first."""

@@ -82,90 +82,6 @@ class EpochSampler:
         return f"EpochSampler({self.loader!r})"
 
 
-class LightningLoader:
-    """The loader as Lightning's ``train_dataloaders``: every epoch whole, mid-epoch resume exact.
-
-    Lightning reads a loader's length once, when ``fit`` starts, and treats it as the
-    length of every epoch; a pruned run's epochs differ in length (epoch 0 reads all,
-    pruned epochs fewer batches, annealing epochs all again), so a sized loader would have
-    later, longer epochs cut at the first one's length. This adapter has no ``__len__``,
-    so Lightning ends each epoch at its real end (and fetches one batch ahead to know
-    which batch is the last, which keeps epoch-end validation and schedulers right).
-
-    ``sampler.set_epoch`` (called by Lightning before each epoch) plans that epoch; a pass
-    without it runs the next one (:class:`EpochCursor`). Lightning fetches the first batch
-    of a ``fit`` before it calls ``set_epoch``, so the epoch a resumed ``fit`` starts with
-    must be known by then: restore the state with
-    :class:`shardprune.loader.lightning_callback.PruningCheckpoint`, which Lightning loads
-    before training starts (Lightning itself reloads a loader's state only for a
-    checkpoint taken mid-epoch). The batches Lightning fetched ahead (``lookahead``, its
-    ``_PrefetchDataFetcher`` default of 1) are not counted as handed out, so a resumed
-    ``fit(ckpt_path=...)`` trains exactly the batches the interrupted one had not.
-
-    State format: the loader's ``state_dict()`` with ``batches_yielded`` the batches
-    Lightning trained on.
-
-    Args:
-        loader: The loader to adapt.
-        lookahead: Batches the framework fetches ahead of the one it trains on (default 1).
-    """
-
-    def __init__(self, loader: StreamingLoader, lookahead: int = 1) -> None:
-        self.loader = loader
-        self.lookahead = check_int("lookahead", lookahead, 0, fix="pass the framework's prefetch count (1)")
-        self.cursor = EpochCursor(loader)
-        self._running: int | None = None
-        self._exhausted = False
-        self._loaded: dict[str, Any] | None = None
-
-    @property
-    def sampler(self) -> LightningLoader:
-        """Lightning calls ``dataloader.sampler.set_epoch``; this object takes the call."""
-        return self
-
-    def set_epoch(self, epoch: int) -> None:
-        """Plan ``epoch`` for the next pass; a no-op when the running pass is that epoch.
-
-        Lightning fetches the first batch before it calls ``set_epoch`` for the first
-        epoch of a ``fit`` (and of a resume); that pass already runs the epoch.
-        """
-        if self._running is not None and self._running == epoch:
-            return
-        self.cursor.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[Batch]:
-        epoch = self.cursor.start()
-        self._running, self._exhausted, self._loaded = epoch, False, None
-        try:
-            yield from self.loader
-            self._exhausted = True
-        finally:
-            self._running = None
-
-    def state_dict(self) -> dict[str, Any]:
-        """The loader's state, less the batches fetched ahead but not yet trained on."""
-        state = dict(self.cursor.state_dict())
-        if self._running is not None and not self._exhausted:
-            state["batches_yielded"] = max(int(state["batches_yielded"]) - self.lookahead, 0)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state`` (see :meth:`EpochCursor.load_state_dict`).
-
-        Loading the state that is already loaded is a no-op: on a mid-epoch resume
-        Lightning hands the loader its state again after :class:`PruningCheckpoint` did.
-        """
-        if self._loaded is not None and state == self._loaded:
-            return
-        self.cursor.load_state_dict(state)
-        self._loaded = dict(state)
-
-
-def as_lightning(loader: StreamingLoader) -> LightningLoader:
-    """``loader`` for ``lightning.Trainer.fit(model, train_dataloaders=as_lightning(loader))``."""
-    return LightningLoader(loader)
-
-
 class EpochCursor:
     """Which epoch the next pass over a loader runs (the rules in the module docstring).
 
@@ -343,3 +259,87 @@ class LoaderNode(BaseNode[Batch]):
 def as_node(loader: StreamingLoader) -> LoaderNode:
     """``loader`` as a ``torchdata.nodes`` source node for ``torchdata.nodes.Loader``."""
     return LoaderNode(loader)
+
+
+class LightningLoader:
+    """The loader as Lightning's ``train_dataloaders``: every epoch whole, mid-epoch resume exact.
+
+    Lightning reads a loader's length once, when ``fit`` starts, and treats it as the
+    length of every epoch; a pruned run's epochs differ in length (epoch 0 reads all,
+    pruned epochs fewer batches, annealing epochs all again), so a sized loader would have
+    later, longer epochs cut at the first one's length. This adapter has no ``__len__``,
+    so Lightning ends each epoch at its real end (and fetches one batch ahead to know
+    which batch is the last, which keeps epoch-end validation and schedulers right).
+
+    ``sampler.set_epoch`` (called by Lightning before each epoch) plans that epoch; a pass
+    without it runs the next one (:class:`EpochCursor`). Lightning fetches the first batch
+    of a ``fit`` before it calls ``set_epoch``, so the epoch a resumed ``fit`` starts with
+    must be known by then: restore the state with
+    :class:`shardprune.loader.lightning_callback.PruningCheckpoint`, which Lightning loads
+    before training starts (Lightning itself reloads a loader's state only for a
+    checkpoint taken mid-epoch). The batches Lightning fetched ahead (``lookahead``, its
+    ``_PrefetchDataFetcher`` default of 1) are not counted as handed out, so a resumed
+    ``fit(ckpt_path=...)`` trains exactly the batches the interrupted one had not.
+
+    State format: the loader's ``state_dict()`` with ``batches_yielded`` the batches
+    Lightning trained on.
+
+    Args:
+        loader: The loader to adapt.
+        lookahead: Batches the framework fetches ahead of the one it trains on (default 1).
+    """
+
+    def __init__(self, loader: StreamingLoader, lookahead: int = 1) -> None:
+        self.loader = loader
+        self.lookahead = check_int("lookahead", lookahead, 0, fix="pass the framework's prefetch count (1)")
+        self.cursor = EpochCursor(loader)
+        self._running: int | None = None
+        self._exhausted = False
+        self._loaded: dict[str, Any] | None = None
+
+    @property
+    def sampler(self) -> LightningLoader:
+        """Lightning calls ``dataloader.sampler.set_epoch``; this object takes the call."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Plan ``epoch`` for the next pass; a no-op when the running pass is that epoch.
+
+        Lightning fetches the first batch before it calls ``set_epoch`` for the first
+        epoch of a ``fit`` (and of a resume); that pass already runs the epoch.
+        """
+        if self._running is not None and self._running == epoch:
+            return
+        self.cursor.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.cursor.start()
+        self._running, self._exhausted, self._loaded = epoch, False, None
+        try:
+            yield from self.loader
+            self._exhausted = True
+        finally:
+            self._running = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's state, less the batches fetched ahead but not yet trained on."""
+        state = dict(self.cursor.state_dict())
+        if self._running is not None and not self._exhausted:
+            state["batches_yielded"] = max(int(state["batches_yielded"]) - self.lookahead, 0)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state`` (see :meth:`EpochCursor.load_state_dict`).
+
+        Loading the state that is already loaded is a no-op: on a mid-epoch resume
+        Lightning hands the loader its state again after :class:`PruningCheckpoint` did.
+        """
+        if self._loaded is not None and state == self._loaded:
+            return
+        self.cursor.load_state_dict(state)
+        self._loaded = dict(state)
+
+
+def as_lightning(loader: StreamingLoader) -> LightningLoader:
+    """``loader`` for ``lightning.Trainer.fit(model, train_dataloaders=as_lightning(loader))``."""
+    return LightningLoader(loader)
