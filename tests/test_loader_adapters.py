@@ -40,11 +40,15 @@ def _loss(batch: dict[str, Any]) -> torch.Tensor:
 class Run:
     """One dataset, score store and loader; the adapter under test is built by ``wrap``."""
 
-    def __init__(self, data: Path, scores: Path, wrap: Callable[[StreamingLoader], Any] | None) -> None:
+    def __init__(
+        self, data: Path, scores: Path, wrap: Callable[[StreamingLoader], Any] | None, num_workers: int = 0
+    ) -> None:
         ds = open_dataset(data)
         self.store = ScoreStore(scores, len(ds), ds.fingerprint, flush_interval_s=None)
         policy = make_policy("infobatch", delta=DELTA)
-        self.loader = StreamingLoader(ds, batch_size=BATCH, policy=policy, store=self.store, num_epochs=EPOCHS, seed=3)
+        self.loader = StreamingLoader(
+            ds, batch_size=BATCH, policy=policy, store=self.store, num_epochs=EPOCHS, seed=3, num_workers=num_workers
+        )
         self.iterable = None if wrap is None else wrap(self.loader)
         self.steps: Steps = []
         self.stats: list[Any] = []
@@ -131,14 +135,17 @@ def test_loop_without_set_epoch_prunes_like_the_explicit_loop(
 
 
 @pytest.mark.parametrize(
-    "wrap", [_dataloader, _nodes, _nodes_prefetched], ids=["DataLoader", "torchdata.nodes.Loader", "nodes.Prefetcher"]
+    ("wrap", "workers"),
+    [(_dataloader, 0), (_nodes, 0), (_nodes_prefetched, 0), (_nodes, 2)],
+    ids=["DataLoader", "torchdata.nodes.Loader", "nodes.Prefetcher", "nodes.Loader-2-workers"],
 )
 def test_resume_mid_epoch_yields_the_remaining_batches(
-    wrap: Callable[[StreamingLoader], Any], reference: Any, tmp_path: Path
+    wrap: Callable[[StreamingLoader], Any], workers: int, reference: Any, tmp_path: Path
 ) -> None:
+    """Stop inside a pruned epoch (with the loader's worker processes running), resume, compare."""
     data, ref_steps, _, ref_cols = reference
     scores = tmp_path / "scores"
-    first = Run(data, scores, wrap)
+    first = Run(data, scores, wrap, num_workers=workers)
     state: dict[str, Any] | None = None
     for epoch_iterable in _passes(first):
         for i, batch in enumerate(epoch_iterable):
@@ -152,7 +159,7 @@ def test_resume_mid_epoch_yields_the_remaining_batches(
     done = len(first.steps)
     first.close()
 
-    resumed = Run(data, scores, wrap)
+    resumed = Run(data, scores, wrap, num_workers=workers)
     resumed.store.load_state_dict(state["scores"])
     _load(resumed.iterable, state["loader"])
     for epoch_iterable in _passes(resumed, STOP_EPOCH):
