@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from loader_data import N, write_dataset
 from shardprune import ScoreStore, StreamingLoader, make_policy, open_dataset, weighted_loss
+from shardprune.errors import ConfigError
 from shardprune.loader.adapters import as_lightning
 
 L = pytest.importorskip("lightning")
@@ -94,7 +95,9 @@ def _trainer(root: Path, callbacks: list[Any]) -> Any:
     )
 
 
-def _run(data: Path, scores: Path, root: Path, callbacks: list[Any], ckpt: Path | None = None) -> tuple[Net, dict[str, np.ndarray]]:
+def _run(
+    data: Path, scores: Path, root: Path, callbacks: list[Any], ckpt: Path | None = None, restore: bool = True
+) -> tuple[Net, dict[str, np.ndarray]]:
     ds = open_dataset(data)
     store = ScoreStore(scores, len(ds), ds.fingerprint, flush_interval_s=None)
     policy = make_policy("infobatch", delta=DELTA)
@@ -102,7 +105,7 @@ def _run(data: Path, scores: Path, root: Path, callbacks: list[Any], ckpt: Path 
     net = Net(loader, store)
     data_ = as_lightning(loader)
     try:
-        _trainer(root, [PruningCheckpoint(data_, store), *callbacks]).fit(
+        _trainer(root, [PruningCheckpoint(data_, store)] * restore + callbacks).fit(
             net, train_dataloaders=data_, ckpt_path=None if ckpt is None else str(ckpt)
         )
         columns = store.snapshot(pin=False).columns()
@@ -151,6 +154,10 @@ def test_lightning_fit_prunes_anneals_and_resumes(tmp_path: Path) -> None:
     assert rest[0][0] == 2 and net.steps[saver.end_step - 1][0] == 1
     assert [(e, ids, w) for e, ids, w, _ in from_end.steps] == [(e, ids, w) for e, ids, w, _ in rest]
     np.testing.assert_allclose(final_c["loss"], final["loss"], rtol=1e-6)
+
+    # Without the callback the resumed fit cannot know its epoch before the first batch: refused.
+    with pytest.raises(ConfigError, match=r"Lightning starts epoch 2, but this loader already handed out a batch of epoch 0"):
+        _run(data, tmp_path / "scores", tmp_path / "d", [], ckpt=tmp_path / "end.ckpt", restore=False)
 
 
 def test_lightning_fit_over_the_loader_itself_prunes(tmp_path: Path) -> None:

@@ -307,9 +307,20 @@ class LightningLoader:
 
         Lightning fetches the first batch before it calls ``set_epoch`` for the first
         epoch of a ``fit`` (and of a resume); that pass already runs the epoch.
+
+        Raises:
+            ConfigError: the running pass is another epoch: a batch of it was already
+                handed out, so Lightning resumed without this loader's state.
         """
-        if self._running is not None and self._running == epoch:
-            return
+        if self._running is not None:
+            if self._running == epoch:
+                return
+            raise ConfigError(
+                f"Lightning starts epoch {epoch}, but this loader already handed out a batch of epoch "
+                f"{self._running}: the fit resumed from a checkpoint without the loader's position. Pass "
+                "callbacks=[PruningCheckpoint(data, store)] (shardprune.loader.lightning_callback) to the "
+                "Trainer that writes and the one that resumes"
+            )
         self.cursor.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
