@@ -180,3 +180,13 @@ def test_lightning_fit_over_the_loader_itself_prunes(tmp_path: Path) -> None:
     assert [len([s for s in net.steps if s[0] == e]) for e in range(EPOCHS)] == [
         net.stats[e].batches for e in range(EPOCHS)
     ]
+
+
+def test_pruning_checkpoint_needs_the_adapter_and_a_stateful_store(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data", n=50)
+    loader = StreamingLoader(open_dataset(tmp_path / "data"), batch_size=10, num_epochs=1)
+    with pytest.raises(ConfigError, match=r"must be the as_lightning\(loader\) adapter"):
+        PruningCheckpoint(loader, object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"has no state_dict\(\)"):
+        PruningCheckpoint(as_lightning(loader), object())  # type: ignore[arg-type]
+    loader.close()
