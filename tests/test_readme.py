@@ -16,6 +16,8 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import make_shards  # noqa: E402
 
+from shardprune import ScoreStore, open_dataset  # noqa: E402
+
 
 def _python_block(after_heading: str) -> str:
     section = README[README.index(after_heading) :]
@@ -42,29 +44,96 @@ def test_readme_make_shards_line_parses(argv: list[str]) -> None:
 
 
 def test_readme_training_loop_runs(tmp_path: Path) -> None:
-    """Run the README's 10-line loop as written, on its own MNIST-1D conversion (fewer samples)."""
+    """Run the README's loop literally, on its own MNIST-1D conversion (fewer samples).
+
+    Nothing is added to the snippet: its model, optimizer and closing of the store are
+    the README's own, so a loop that loses reports fails here.
+    """
     (argv,) = [a for a in _make_shards_lines() if a[:1] == ["mnist1d"]]
     argv = [("1000" if prev == "--num-samples" else a) for prev, a in zip([""] + argv, argv)]
     subprocess.run([sys.executable, str(REPO / "tools" / "make_shards.py"), *argv, "--no-progress"], check=True, cwd=tmp_path)
     code = _python_block("## Train with it")
     assert "weighted_loss" in code and "StreamingLoader" in code
-    preamble = (
-        "import torch\n"
-        "from shardprune.models import MNIST1DCNN\n"
-        "torch.manual_seed(0)\n"
-        "model = MNIST1DCNN()\n"
-        "opt = torch.optim.Adam(model.parameters(), lr=3e-3)\n"
-    )
     script = tmp_path / "readme_loop.py"
-    script.write_text(preamble + code + "\nstore.close()\nloader.close()\n")
+    script.write_text(code)
     proc = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The loop prints one EpochStats per epoch; InfoBatch prunes once scores exist and
     # keeps everything in its annealing epochs at the end.
-    skipped = [int(m) for m in re.findall(r"EpochStats\(epoch=\d+, .*?samples_skipped=(\d+)", proc.stdout)]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("EpochStats(")]
+    planned = [int(re.search(r"samples_planned=(\d+)", line).group(1)) for line in lines]  # type: ignore[union-attr]
+    skipped = [int(re.search(r"samples_skipped=(\d+)", line).group(1)) for line in lines]  # type: ignore[union-attr]
     assert len(skipped) == 30, proc.stdout[-2000:]
     assert skipped[0] == 0, "epoch 0 has no scores yet; nothing may be pruned"
     assert max(skipped) > 0, f"InfoBatch pruned nothing in 30 epochs: {skipped}"
     assert skipped[-1] == 0, "the last epoch is an annealing epoch and keeps everything"
+    # Every visit the loop trained on reached the store on disk (the last epoch's included).
+    ds = open_dataset(tmp_path / "out" / "mnist1d-train")
+    store = ScoreStore(tmp_path / "out" / "scores", len(ds), ds.fingerprint, writer=False)
+    try:
+        visits = store.snapshot().columns()["visits"]
+    finally:
+        store.close()
+    assert int(visits.sum()) == sum(planned), f"{int(visits.sum())} visits on disk, {sum(planned)} trained"
+
+
+INTEGRATIONS = "## Lightning, DataLoader, torchdata, Accelerate"
+#: Epochs the integration snippets run here instead of the README's 30 (InfoBatch prunes
+#: epochs 1-2 of 3: it anneals from epoch 0.875 * 3).
+SHORT_EPOCHS = 3
+
+
+def _python_blocks(heading: str) -> list[str]:
+    section = README[README.index(heading) + len(heading) :]
+    section = section[: section.index("\n## ")]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+@pytest.fixture(scope="module")
+def mnist1d_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("readme-integrations")
+    (argv,) = [a for a in _make_shards_lines() if a[:1] == ["mnist1d"]]
+    argv = [("1000" if prev == "--num-samples" else a) for prev, a in zip([""] + argv, argv)]
+    subprocess.run([sys.executable, str(REPO / "tools" / "make_shards.py"), *argv, "--no-progress"], check=True, cwd=root)
+    return root
+
+
+def test_readme_has_integration_snippets() -> None:
+    blocks = _python_blocks(INTEGRATIONS)
+    assert len(blocks) == 3
+    assert [("as_lightning" in b, "as_iterable_dataset" in b, "register_for_checkpointing" in b) for b in blocks] == [
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["lightning", "dataloader", "accelerate"])
+def test_readme_integration_snippet_prunes(index: int, mnist1d_dir: Path, tmp_path: Path) -> None:
+    """Each snippet, after the "Train with it" set-up, trains every epoch and prunes after the first."""
+    setup = _python_block("## Train with it")
+    setup = setup[: setup.index("for epoch in range(30):")]
+    code = setup + _python_blocks(INTEGRATIONS)[index]
+    assert code.count("30") == 2, "the set-up's num_epochs and the snippet's epoch count"
+    code = code.replace("num_epochs=30", f"num_epochs={SHORT_EPOCHS}")
+    code = code.replace("range(30)", f"range({SHORT_EPOCHS})").replace("max_epochs=30", f"max_epochs={SHORT_EPOCHS}")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mnist1d-train").symlink_to(mnist1d_dir / "out" / "mnist1d-train", target_is_directory=True)
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ds = open_dataset(tmp_path / "out" / "mnist1d-train")
+    store = ScoreStore(tmp_path / "out" / "scores", len(ds), ds.fingerprint, writer=False)
+    try:
+        visits = store.snapshot().columns()["visits"]
+    finally:
+        store.close()
+    full = len(ds) // 100 * 100
+    # Epoch 0 trains every sample once; epochs 1-2 skip InfoBatch's pruned part of the
+    # well-learned set. Without pruning every sample would have 3 visits.
+    assert full < int(visits.sum()) < SHORT_EPOCHS * full, int(visits.sum())
+    assert int(visits.max()) == SHORT_EPOCHS and int((visits < SHORT_EPOCHS).sum()) > 0

@@ -38,6 +38,7 @@ from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
 from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.loader.ahead import PlanAhead, Prepared, ahead_trigger
+from shardprune.loader.adapters import EpochSampler
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.epochs import EpochPlanner, PlannedEpoch, full_batches
@@ -379,6 +380,11 @@ class StreamingLoader:
         if resumed and self._epoch is not None and self._epoch.epoch == epoch:
             return
         self._begin(epoch)
+
+    @property
+    def sampler(self) -> EpochSampler:
+        """What Lightning and Accelerate call ``set_epoch`` on (``dataloader.sampler.set_epoch``)."""
+        return EpochSampler(self)
 
     def __len__(self) -> int:
         """Batches of the epoch planned last; before any, of an epoch that keeps everything.
