@@ -23,7 +23,7 @@ import numpy as np
 from shardprune.errors import SourceError
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME, Header, ShardInfo
 from shardprune.format.manifest import NO_LABEL, Manifest, sha256
-from shardprune.format.tarsample import member_end, split_key
+from shardprune.format.tarsample import BLOCK, member_end, split_key
 from shardprune.format.writer import existing_dataset
 from shardprune.sources.base import check_labels
 from shardprune.sources.sniff import encoding_of
@@ -32,16 +32,74 @@ from shardprune.storage import Storage
 Progress = Callable[[int], None]
 
 
+#: Leading bytes of the compressed formats a ``.tar`` is often mistaken for.
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"BZh", "bzip2", "bunzip2"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    (b"\x04\x22\x4d\x18", "lz4", "unlz4"),
+)
+_REFETCH = "re-copy or re-download it, or move it out of the folder to index the rest"
+
+
 def _members(path: str) -> list[tarfile.TarInfo]:
+    """The regular-file members of one tar, after checking the tar is whole.
+
+    Raises:
+        SourceError: the file is missing, compressed, truncated (a member's data or a
+            header runs past the end) or damaged; the message names the member and offset.
+    """
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            return [m for m in tar.getmembers() if m.isfile()]
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(BLOCK)
     except FileNotFoundError as exc:
         raise SourceError(f"{path!r} does not exist") from exc
+    for magic, kind, tool in _COMPRESSED:
+        if head.startswith(magic):
+            raise SourceError(
+                f"{path!r} is {kind}-compressed; samples are read by byte range, which needs an uncompressed "
+                f"tar: decompress it ({tool}) and index the .tar"
+            )
+    if size == 0:
+        raise SourceError(f"{path!r} is empty (0 bytes); {_REFETCH}")
+    members: list[tarfile.TarInfo] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            while (m := tar.next()) is not None:
+                members.append(m)
     except (tarfile.TarError, OSError) as exc:
+        if members and member_end(members[-1]) > size:
+            raise SourceError(_short_member(path, members[-1], size)) from exc
+        where = f"after member {members[-1].name!r} (which ends at byte {member_end(members[-1])})" if members else (
+            "at its first header (byte 0)"
+        )
         raise SourceError(
-            f"{path!r} is not an uncompressed tar ({exc}); compressed tars cannot be read by byte range"
+            f"{path!r} ({size} bytes) is truncated or damaged {where}: {exc}; {_REFETCH}"
         ) from exc
+    end = member_end(members[-1]) if members else 0
+    if members and end > size:
+        raise SourceError(_short_member(path, members[-1], size))
+    with open(path, "rb") as f:
+        f.seek(end)
+        tail = f.read(BLOCK)
+    # tarfile takes a partial last header for the end of the archive; WebDataset would too,
+    # silently losing the samples that were cut off.
+    if len(tail) < BLOCK and tail.strip(b"\0"):
+        raise SourceError(
+            f"{path!r} ({size} bytes) is truncated or damaged after byte {end}"
+            + (f" (the end of member {members[-1].name!r})" if members else "")
+            + f": the {len(tail)} bytes that follow are a partial tar header; {_REFETCH}"
+        )
+    return [m for m in members if m.isfile()]
+
+
+def _short_member(path: str, m: tarfile.TarInfo, size: int) -> str:
+    return (
+        f"{path!r} is truncated: member {m.name!r} (header at byte {m.offset}) declares {m.size} bytes of data, "
+        f"but the file ends at byte {size}, {member_end(m) - size} bytes short of the member's end; {_REFETCH}"
+    )
 
 
 def _scan(
