@@ -36,6 +36,7 @@ from shardprune.errors import CheckpointMismatchError, ConfigError, FetchError
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.fetch import UnitFetcher, UnitResult
+from shardprune.loader.filter import FilterSpec, decide_filtered, filter_config, filter_ids
 from shardprune.loader.ioplan import ReadUnit, plan_reads
 from shardprune.loader.order import BatchAssembler, PlanOrder
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
@@ -116,6 +117,10 @@ class StreamingLoader:
         mixup: Apply the policy's Mixup (``decision.mixup_prob``); False never blends.
         storage_options: fsspec options when ``dataset`` is a remote URL.
         multiprocessing_context: ``"forkserver"`` (default) or ``"spawn"`` for workers.
+        filter: Samples to train on, from manifest columns: an expression such as
+            ``"width >= 256 and label < 10"`` or a bool mask over sample ids (default
+            None: all). Filtered-out samples are never planned or read; the policy
+            decides over the filtered samples (:mod:`shardprune.loader.filter`).
 
     Determinism: the batches of an epoch (ids, order, weights, Mixup draws) are a pure
     function of the seed, the epoch, the score snapshot, the policy, the rank layout and
@@ -157,8 +162,10 @@ class StreamingLoader:
         mixup: bool = True,
         storage_options: dict[str, Any] | None = None,
         multiprocessing_context: str = "forkserver",
+        filter: FilterSpec = None,
     ) -> None:
         self.dataset = dataset if isinstance(dataset, ShardedDataset) else open_dataset(dataset, storage_options)
+        self.filter, self.filter_ids = filter, filter_ids(filter, self.dataset.manifest)
         self.world = World.detect() if world is None else world
         if not isinstance(self.world, World):
             raise ConfigError(f"world={world!r} must be a shardprune.dist.world.World or None")
@@ -245,6 +252,7 @@ class StreamingLoader:
             "drop_last": self.cfg.drop_last,
             "policy": json.loads(json.dumps(state, sort_keys=True, default=repr)),
             "mixup": self.mixup,
+            "filter": filter_config(self.filter, self.filter_ids),
         }
 
     def _freeze(self) -> ScoreSnapshot:
@@ -258,7 +266,7 @@ class StreamingLoader:
         return snap
 
     def _plan_epoch(self, epoch: int, snapshot: ScoreSnapshot) -> None:
-        decision = self.policy.decide(snapshot, epoch, self.seed, self.num_epochs)
+        decision = decide_filtered(self.policy, snapshot, self.filter_ids, epoch, self.seed, self.num_epochs)
         n = len(self.dataset)
         if decision.keep.shape != (n,) or decision.weights.shape != (n,):
             raise ConfigError(
