@@ -20,7 +20,7 @@ import signal
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from shardprune.format.zarrsample import COMPRESSIONS
 from shardprune.format.zarrwriter import write_zarr_shard
 from shardprune.sources.base import ArraySource, Source
 from shardprune.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from shardprune.format.samplewriter import SampleWriter
 
 #: Default shard size limit: large enough for efficient sequential reads, small enough
 #: to spread over workers and ranks.
@@ -336,6 +339,20 @@ class DatasetWriter:
             return self._publish(staging, header, manifest_bytes)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def samples(self, *, num_classes: int | None = None) -> "SampleWriter":
+        """A :class:`~shardprune.format.samplewriter.SampleWriter` for writing samples one by one.
+
+        ``with DatasetWriter(out).samples() as sink: sink.write({"jpg": data, "label": 3})``
+        publishes the dataset when the block ends (nothing if it raises). Tar shards only;
+        ``workers`` does not apply (the caller's loop produces the samples).
+
+        Args:
+            num_classes: Labels must lie in ``0..num_classes-1`` (default: max label + 1).
+        """
+        from shardprune.format.samplewriter import SampleWriter
+
+        return SampleWriter(self, num_classes=num_classes)
 
     def _write_shards(
         self, source: Source, jobs: list[tuple[int, int, int]], staging: str, progress: Progress | None
