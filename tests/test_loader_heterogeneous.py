@@ -79,7 +79,8 @@ def test_unshuffled_epoch_delivers_every_caption(tmp_path: Path) -> None:
     captions = _captioned(tmp_path)
     index_tars(tmp_path)
     batches = _epoch(ShardedDataset(tmp_path), seed=0, shuffle_buffer=1, shuffle_window=1)
-    got = {i: t for b in batches for i, t in zip(b["ids"].tolist(), b["txt"]) if t is not None}  # type: ignore[attr-defined]
+    pairs = [(i, t) for b in batches for i, t in zip(b["ids"].tolist(), b["txt"])]  # type: ignore[attr-defined]
+    got = {i: t for i, t in pairs if t is not None}
     assert got == captions
 
 

@@ -39,7 +39,9 @@ def check_name(name: object, where: str = "metadata") -> str:
     return name
 
 
-def to_column(name: str, values: Sequence[Any] | np.ndarray | pa.Array, n: int, *, allow_null: bool = False) -> pa.Array:
+def to_column(
+    name: str, values: Sequence[Any] | np.ndarray | pa.Array, n: int, *, allow_null: bool = False
+) -> pa.Array:
     """One column's values as an Arrow array of bool, int64, float64 or string (nulls kept).
 
     Raises:

@@ -132,16 +132,17 @@ def write_shard(
         group = f"{SHARDS_DIR}/{index:06d}.zarr"
         tmp_group = f"{SHARDS_DIR}/.tmp-{index:06d}.zarr"
         rows = source.array_range(start, stop)
-        rows_meta = [] if metadata is None else [_meta(metadata, start + j, {source.name: r}) for j, r in enumerate(rows)]
+        rows_meta = (
+            [] if metadata is None else [_meta(metadata, start + j, {source.name: r}) for j, r in enumerate(rows)]
+        )
         shard = write_zarr_shard(root, tmp_group, source.name, rows, compression)
         finish(os.path.join(root, tmp_group), os.path.join(root, group))
         if progress is not None:
             progress(stop - start)
         object_path = group + shard.object_path[len(tmp_group) :]
         info = ShardInfo(path=object_path, bytes=shard.nbytes, samples=stop - start)
-        return ShardResult(
-            index, info, shard.offsets, shard.lengths, shard.crc32, frozenset(), columns_from_rows(rows_meta, len(rows_meta))
-        )
+        columns = columns_from_rows(rows_meta, len(rows_meta))
+        return ShardResult(index, info, shard.offsets, shard.lengths, shard.crc32, frozenset(), columns)
     rel = f"{SHARDS_DIR}/{index:06d}.tar"
     final = os.path.join(root, rel)
     tmp = os.path.join(root, SHARDS_DIR, f".tmp-{index:06d}.tar")
