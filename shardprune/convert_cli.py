@@ -28,6 +28,7 @@ from typing import Any, Callable, NoReturn
 from shardprune.convert import make_source
 from shardprune.errors import ShardpruneError
 from shardprune.format.header import Header
+from shardprune.format.metadata import JsonColumns
 from shardprune.format.tarindex import index_tars
 from shardprune.format.writer import DEFAULT_MAX_BYTES, DatasetWriter
 
@@ -143,6 +144,12 @@ def build_parser(prog: str = "make_shards.py") -> argparse.ArgumentParser:
     p.add_argument("root", help="folder holding the .tar shards (searched recursively)")
     p.add_argument("--label-ext", default="cls", help="member extension holding the label (default cls; '' for none)")
     p.add_argument("--num-classes", type=int, default=None, help="labels must lie in 0..N-1 (default max+1)")
+    p.add_argument(
+        "--json-columns",
+        type=_columns,
+        default=None,
+        help="comma-separated keys of each sample's .json member copied into the manifest for filters",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -199,6 +206,7 @@ def run(args: argparse.Namespace) -> Header:
                 num_classes=args.num_classes,
                 overwrite=args.overwrite,
                 progress=bar.update,
+                metadata=None if args.json_columns is None else JsonColumns(args.json_columns),
             )
         where = args.root
     else:

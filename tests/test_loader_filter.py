@@ -209,3 +209,31 @@ def test_bad_filters_fail_when_the_loader_is_built(tmp_path: Path) -> None:
         filter_ids("width > 10000", ds.manifest)
     with pytest.raises(ConfigError, match=r"filter mask has dtype int64 and shape \(3,\); pass a bool array"):
         _loader(tmp_path / "ds", filter=np.array([1, 0, 1]))
+
+
+def test_indexed_webdataset_json_keys_filter_without_reads(tmp_path: Path) -> None:
+    import json
+
+    import webdataset as wds
+
+    from shardprune.__main__ import main as shardprune_main
+
+    widths: dict[int, int | None] = {}
+    with wds.TarWriter(str(tmp_path / "part-0.tar")) as tw:
+        for i in range(40):
+            sample: dict[str, Any] = {"__key__": f"s{i:03d}", "bin": bytes([i]) * 700}
+            if i % 5 != 4:
+                widths[i] = 128 * (1 + i % 4) if i % 7 else None
+                sample["json"] = json.dumps({"width": widths[i], "caption": "x"} if widths[i] else {}).encode()
+            tw.write(sample)
+    code = shardprune_main(
+        ["convert", "index", str(tmp_path), "--label-ext", "", "--json-columns", "width", "--no-progress"]
+    )
+    assert code == 0
+    ds = ShardedDataset(tmp_path)
+    assert ds.manifest.metadata["width"].to_pylist() == [widths.get(i) for i in range(40)]
+    loader = StreamingLoader(ds, batch_size=4, num_epochs=1, drop_last=False, filter="width >= 256")
+    loader.set_epoch(0)
+    got = sorted(int(i) for b in loader for i in b["ids"])
+    assert got == [i for i, w in widths.items() if w is not None and w >= 256]
+    assert loader.epoch_stats.bytes_read == int(ds.manifest.length[got].sum())

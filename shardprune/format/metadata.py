@@ -13,6 +13,7 @@ fixed columns (``id``, ``shard``, ``offset``, ``length``, ``label``, ``crc32``).
 
 from __future__ import annotations
 
+import json
 import keyword
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from shardprune.errors import ConfigError
+from shardprune.errors import ConfigError, SourceError
 
 #: The manifest's own columns: no metadata column may take these names.
 RESERVED = ("id", "shard", "offset", "length", "label", "crc32")
@@ -115,3 +116,44 @@ def combine(n: int, *sources: Columns) -> Columns:
                 raise ConfigError(f"metadata column {name!r} is given twice (by the source and by metadata=)")
             out[name] = to_column(name, arr, n)
     return dict(sorted(out.items()))
+
+
+class JsonColumns:
+    """A metadata function: copy keys of each sample's JSON member into columns.
+
+    ``JsonColumns(["width", "height"])`` gives ``{"width": doc["width"], ...}`` from the
+    sample's ``json`` member (a missing key or member is a null). What WebDataset corpora
+    (LAION-style ``.json`` with size, caption scores, ...) need to filter without reads.
+    Picklable, so converter workers can run it.
+
+    Args:
+        names: The keys to copy (each a valid column name).
+        ext: The member extension holding the JSON object (default ``"json"``).
+    """
+
+    def __init__(self, names: Sequence[str], ext: str = "json") -> None:
+        self.names = tuple(check_name(n, "json") for n in names)
+        if not self.names:
+            raise ConfigError("JsonColumns needs at least one key, e.g. JsonColumns(['width', 'height'])")
+        self.ext = ext
+
+    def __call__(self, sample_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
+        raw = fields.get(self.ext)
+        if raw is None:
+            return {}
+        try:
+            doc = json.loads(bytes(raw))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SourceError(f"sample {sample_id}: its .{self.ext} member is not JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise SourceError(f"sample {sample_id}: its .{self.ext} member is a {type(doc).__name__}, not an object")
+        out: dict[str, Any] = {}
+        for name in self.names:
+            value = doc.get(name)
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise SourceError(
+                    f"sample {sample_id}: .{self.ext} key {name!r} holds {type(value).__name__}; "
+                    "metadata columns hold bool, int, float or str"
+                )
+            out[name] = value
+        return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tarfile
 import zlib
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from shardprune.errors import SourceError
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME, Header, ShardInfo
 from shardprune.format.manifest import NO_LABEL, Manifest, sha256
+from shardprune.format.metadata import MetadataFn, columns_from_rows, combine
 from shardprune.format.tarsample import BLOCK, member_end, split_key
 from shardprune.format.writer import existing_dataset
 from shardprune.sources.base import check_labels
@@ -103,9 +105,18 @@ def _short_member(path: str, m: tarfile.TarInfo, size: int) -> str:
 
 
 def _scan(
-    path: str, label_ext: str | None, seen: dict[str, str]
+    path: str,
+    label_ext: str | None,
+    seen: dict[str, str],
+    metadata: MetadataFn | None = None,
+    first_id: int = 0,
+    meta_rows: list[Mapping[str, Any]] | None = None,
 ) -> tuple[list[tuple[int, int, int, int | None]], set[str]]:
-    """Return ``[(offset, length, crc32, label or None)]`` per sample of one tar, and its extensions."""
+    """Return ``[(offset, length, crc32, label or None)]`` per sample of one tar, and its extensions.
+
+    With ``metadata``, also append ``metadata(sample_id, {extension: bytes})`` of each
+    sample to ``meta_rows`` (ids counted from ``first_id``).
+    """
     groups: list[list[tarfile.TarInfo]] = []
     current: str | None = None
     exts_in_group: set[str] = set()
@@ -144,15 +155,26 @@ def _scan(
             if len(data) != length:
                 raise SourceError(f"{path!r} is truncated: sample at offset {start} needs {length} bytes")
             label: int | None = None
+            fields: dict[str, bytes] = {}
             for m in group:
                 ext = split_key(m.name)[1]
                 exts.add(ext)
+                if metadata is not None:
+                    fields[ext] = data[m.offset_data - start : m.offset_data - start + m.size]
                 if ext == label_ext:
                     text = data[m.offset_data - start : m.offset_data - start + m.size]
                     try:
                         label = int(text.decode("ascii").strip())
                     except (UnicodeDecodeError, ValueError) as exc:
                         raise SourceError(f"{path!r}: {m.name!r} holds {text[:20]!r}, not an integer label") from exc
+            if metadata is not None and meta_rows is not None:
+                row = metadata(first_id + len(rows), fields)
+                if not isinstance(row, Mapping):
+                    raise SourceError(
+                        f"metadata function returned {type(row).__name__} for {path!r} sample {group[0].name!r}; "
+                        "it must return a dict {column: bool | int | float | str | None}"
+                    )
+                meta_rows.append(row)
             rows.append((start, length, zlib.crc32(data) & 0xFFFFFFFF, label))
     return rows, exts
 
@@ -178,6 +200,7 @@ def index_tars(
     num_classes: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    metadata: MetadataFn | None = None,
 ) -> Header:
     """Write ``manifest.arrow`` and ``shardprune.json`` beside existing WebDataset tars.
 
@@ -190,6 +213,10 @@ def index_tars(
         num_classes: Labels must lie in ``0..num_classes-1`` (default: max label + 1).
         overwrite: Replace an existing, different header and manifest (default False).
         progress: Called with the number of samples indexed since the last call.
+        metadata: ``fn(sample_id, {extension: bytes}) -> {column: value}`` for manifest
+            metadata columns, e.g. :class:`~shardprune.format.metadata.JsonColumns` to copy
+            keys of each sample's ``.json`` member (default None). The samples are read
+            anyway, for their CRC32.
 
     Raises:
         SourceError: a rule in the module docstring is broken, or there are no samples.
@@ -205,9 +232,10 @@ def index_tars(
     shards: list[ShardInfo] = []
     cols: list[tuple[int, int, int, int, int | None]] = []
     exts: set[str] = set()
+    meta_rows: list[Mapping[str, Any]] = []
     for rel in rels:
         path = os.path.join(root, rel)
-        rows, shard_exts = _scan(path, label_ext, seen)
+        rows, shard_exts = _scan(path, label_ext, seen, metadata, len(cols), meta_rows)
         if not rows:
             continue
         exts |= shard_exts
@@ -237,6 +265,7 @@ def index_tars(
         length=np.array([c[2] for c in cols], dtype=np.int64),
         label=labels,
         crc32=np.array([c[3] for c in cols], dtype=np.uint32),
+        metadata=combine(len(cols), columns_from_rows(meta_rows, len(cols))) if metadata is not None else None,
     )
     manifest_bytes = manifest.to_bytes()
     fields: dict[str, dict[str, Any]] = {ext: {"encoding": encoding_of(ext)} for ext in sorted(exts)}
