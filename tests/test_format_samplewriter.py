@@ -99,3 +99,16 @@ def test_labels_on_some_samples_only_are_refused_at_close(tmp_path: Path) -> Non
     with pytest.raises(SourceError, match="sample 1 has no label while sample 0 has; label every sample or none"):
         sink.close()
     assert not (tmp_path / "ds" / HEADER_NAME).exists()
+
+
+def test_samples_straight_to_s3_match_a_local_write(tmp_path: Path, s3_server: object) -> None:
+    opts = s3_server.storage_options  # type: ignore[attr-defined]
+    url = s3_server.url()  # type: ignore[attr-defined]
+    for out, options in ((str(tmp_path / "local"), None), (url, opts)):
+        with DatasetWriter(out, max_samples=3, storage_options=options).samples() as sink:
+            for i, s in enumerate(_samples(7)):
+                sink.write(s, metadata={"bright": i})
+    local, remote = ShardedDataset(tmp_path / "local"), ShardedDataset(url, opts)
+    assert remote.header == local.header and len(remote.header.shards) == 3
+    for i in range(7):
+        assert remote.read_raw(i) == local.read_raw(i)
