@@ -30,6 +30,9 @@ Rules:
    and charged to its budget, which they would eat.
 4. The weights are the policy's for its population, so ``weighted_loss`` is an
    unbiased estimate of the mean loss over the filtered samples.
+5. Counters: the loader's ``epoch_stats.samples_skipped`` and ``bytes_not_read`` count
+   filtered-out and pruned samples together (neither is read); the decision's
+   ``info["filtered_out"]`` says how many the filter removed.
 """
 
 from __future__ import annotations
