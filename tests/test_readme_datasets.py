@@ -105,3 +105,15 @@ def test_ways_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     store.flush()
     assert int((store.snapshot().visits > 0).sum()) == 300
     store.close()
+
+
+def test_every_algorithms_pointer_resolves_in_the_repository() -> None:
+    # Seen failing on ac615b0: docstrings pointed to an ALGORITHMS.md the repository did not have.
+    repo = Path(__file__).resolve().parent.parent
+    pointers = {
+        m.group(0)
+        for path in (repo / "shardprune").rglob("*.py")
+        for m in re.finditer(r"[\w/]*ALGORITHMS\.md", path.read_text())
+    }
+    assert pointers == {"docs/ALGORITHMS.md"}
+    assert "## InfoBatch" in (repo / "docs" / "ALGORITHMS.md").read_text()
