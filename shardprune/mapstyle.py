@@ -45,8 +45,9 @@ from shardprune.policies.rng import philox
 from shardprune.scores.snapshot import ScoreSnapshot
 from shardprune.validate import check_int
 
-#: Philox purpose of the map-style epoch shuffle (distinct from the policies' and the planner's).
-PURPOSE_MAPSTYLE = 201
+#: Philox purpose of the map-style epoch shuffle (distinct from the policies' 1..5, the
+#: planner's 101.. and the converter's permutation, 201).
+PURPOSE_MAPSTYLE = 301
 
 
 class _Snapshots(Protocol):

@@ -237,3 +237,10 @@ def test_indexed_webdataset_json_keys_filter_without_reads(tmp_path: Path) -> No
     got = sorted(int(i) for b in loader for i in b["ids"])
     assert got == [i for i, w in widths.items() if w is not None and w >= 256]
     assert loader.epoch_stats.bytes_read == int(ds.manifest.length[got].sum())
+
+
+def test_take_rows_reorders_every_column_for_a_permuted_source() -> None:
+    from shardprune.format.metadata import take_rows
+
+    cols = take_rows({"w": [10, 20, 30], "s": ["a", None, "c"]}, np.array([2, 0, 1]))
+    assert cols["w"].to_pylist() == [30, 10, 20] and cols["s"].to_pylist() == ["c", "a", None]

@@ -78,6 +78,17 @@ def to_column(
     )
 
 
+def take_rows(columns: Mapping[str, Any], rows: np.ndarray) -> Columns:
+    """Columns re-ordered so that row ``i`` is input row ``rows[i]`` (a source read in another order)."""
+    n = len(rows)
+    index = pa.array(np.asarray(rows, dtype=np.int64))
+    out: Columns = {}
+    for name, values in columns.items():
+        arr = values if isinstance(values, pa.Array) else to_column(name, values, len(values))
+        out[name] = to_column(name, arr.take(index), n)
+    return out
+
+
 def columns_from_rows(rows: Sequence[Mapping[str, Any]], n: int) -> Columns:
     """Columns from one ``{column: value}`` dict per sample; a missing key is a null."""
     names = sorted({k for row in rows for k in row})
