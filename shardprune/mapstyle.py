@@ -26,7 +26,9 @@ How it fits together:
 
 Determinism: an epoch's indices, order and weights are a pure function of the seed, the
 epoch, the score snapshot, the policy and (rank, world_size). Ranks take contiguous
-slices of the epoch's order, padded with weight-0 repeats to equal length.
+slices of the epoch's order, padded with weight-0 repeats to equal length. Resume is per
+epoch: :meth:`PrunedSampler.state_dict` records the next epoch and the configuration,
+and the score store is restored from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch.utils.data
 
-from shardprune.errors import ConfigError
+from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.loader.filter import decide_filtered
 from shardprune.policies import make_policy
 from shardprune.policies.decision import EpochDecision, Policy
@@ -206,3 +208,40 @@ class PrunedSampler(torch.utils.data.Sampler[tuple[int, float]]):
         weights = decision.weights[ids].astype(np.float64)
         weights[pad_from:] = 0.0
         return iter([(int(i), float(w)) for i, w in zip(ids.tolist(), weights.tolist())])
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"version", "config", "next_epoch"}``: the epoch the next iteration yields (JSON-able)."""
+        nxt = self.epoch if self._epoch_set or not self._iterated else self.epoch + 1
+        return {"version": 1, "config": self._config(), "next_epoch": nxt}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at a :meth:`state_dict`: the next iteration yields its ``next_epoch``.
+
+        Raises:
+            CheckpointMismatchError: another version or configuration (both shown).
+        """
+        if not isinstance(state, dict) or set(state) != {"version", "config", "next_epoch"} or state["version"] != 1:
+            raise CheckpointMismatchError(
+                f"sampler state {state!r:.200} (in checkpoint) is not a version-1 PrunedSampler state (now)"
+            )
+        now = self._config()
+        saved = state["config"]
+        diffs = [f"{k}: {saved.get(k)!r} (in checkpoint) vs {now[k]!r} (now)" for k in now if saved.get(k) != now[k]]
+        if diffs:
+            raise CheckpointMismatchError(
+                "the sampler checkpoint was made under another configuration: " + "; ".join(diffs)
+            )
+        self.set_epoch(min(int(state["next_epoch"]), self.dataset.num_epochs - 1))
+
+    def _config(self) -> dict[str, Any]:
+        d = self.dataset
+        policy = d.policy.state_dict() if callable(getattr(d.policy, "state_dict", None)) else {}
+        return {
+            "num_samples": d.num_samples,
+            "num_epochs": d.num_epochs,
+            "seed": d.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "policy": policy,
+            "filter_kept": None if d.filter_ids is None else int(d.filter_ids.size),
+        }

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
-from shardprune.errors import ConfigError
+from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.mapstyle import PrunedDataset, epoch_order
 from shardprune.scores.store import ScoreStore
 from shardprune.train import weighted_loss
@@ -116,3 +116,19 @@ def test_bad_arguments_name_value_and_fix() -> None:
         PrunedDataset(Digits(10), 1, filter=np.array([1, 0]))
     with pytest.raises(ConfigError, match="has no __len__/__getitem__"):
         PrunedDataset(iter([1, 2]), 1)  # type: ignore[arg-type]
+
+
+def test_sampler_resumes_at_the_next_epoch_and_refuses_another_configuration() -> None:
+    data = Digits(50)
+    first = PrunedDataset(data, 5, policy="random", seed=2).sampler()
+    list(first)
+    list(first)  # epochs 0 and 1
+    state = first.state_dict()
+    assert state["next_epoch"] == 2
+    epoch2 = list(first)
+    second = PrunedDataset(data, 5, policy="random", seed=2).sampler()
+    second.load_state_dict(state)
+    assert list(second) == epoch2 and second.epoch == 2
+    other = PrunedDataset(data, 5, policy="random", seed=3).sampler()
+    with pytest.raises(CheckpointMismatchError, match=r"seed: 2 \(in checkpoint\) vs 3 \(now\)"):
+        other.load_state_dict(state)
