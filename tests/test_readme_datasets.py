@@ -117,3 +117,17 @@ def test_every_algorithms_pointer_resolves_in_the_repository() -> None:
     }
     assert pointers == {"docs/ALGORITHMS.md"}
     assert "## InfoBatch" in (repo / "docs" / "ALGORITHMS.md").read_text()
+
+
+def test_every_shardprune_convert_line_parses() -> None:
+    import shlex
+
+    from shardprune.convert_cli import build_parser
+
+    lines = [ln.strip() for ln in README.splitlines() if ln.strip().startswith("shardprune convert ")]
+    assert len(lines) >= 3
+    for line in lines:
+        argv = shlex.split(line)[2:]
+        if argv == ["--help"]:
+            continue
+        assert build_parser("shardprune convert").parse_args(argv).command == argv[0], line
