@@ -79,7 +79,7 @@ def test_an_exception_in_the_block_publishes_nothing(tmp_path: Path) -> None:
         ({"txt": 1.5}, "field 'txt' holds float; a field is bytes, str, int"),
         ({"JPG": b"x"}, "field name 'JPG' must be a lowercase tar extension"),
         ({"label": 3}, "sample 0 has no fields"),
-        ({"label": "cat", "txt": "a"}, "label='cat' must be an int class index"),
+        ({"label": "cat", "txt": "a"}, "sample 0: label='cat' must be an int >= 0; give the class index"),
         ({"label": 1, "cls": 1}, "has both 'label' and a 'cls' field"),
     ],
 )

@@ -38,6 +38,7 @@ from shardprune.format.manifest import NO_LABEL, Manifest, sha256
 from shardprune.format.metadata import columns_from_rows, combine
 from shardprune.format.tarwriter import TarShardWriter, sample_key
 from shardprune.sources.base import check_labels
+from shardprune.validate import check_int
 
 if TYPE_CHECKING:
     from shardprune.format.writer import DatasetWriter
@@ -149,8 +150,9 @@ class SampleWriter:
         if not isinstance(sample, Mapping):
             raise SourceError(f"{where} is a {type(sample).__name__}; write a dict of field -> value")
         label = sample.get("label")
-        if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer))):
-            raise SourceError(f"{where}: label={label!r} must be an int class index (or leave it out)")
+        if label is not None:
+            fix = "give the class index, or leave label out"
+            label = check_int(f"{where}: label", label, 0, fix=fix, error=SourceError)
         fields: dict[str, bytes] = {}
         for name, value in sample.items():
             if name == "label":
