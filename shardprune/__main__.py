@@ -1,4 +1,4 @@
-"""Command line: ``python -m shardprune demo`` (also the ``shardprune`` console script)."""
+"""Command line: ``python -m shardprune demo|convert`` (also the ``shardprune`` console script)."""
 
 from __future__ import annotations
 
@@ -98,13 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG (then matplotlib is not needed)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    sub.add_parser(
+        "convert",
+        add_help=False,
+        help="convert data (imagefolder, parquet, arrays, cifar, ...) to shards, or index WebDataset tars in place; "
+        "shardprune convert --help",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (0 ok, 1 failed run, 2 bad options)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["convert"]:
+        from shardprune.convert_cli import main as convert_main
+
+        return convert_main(args_list[1:], prog="shardprune convert")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -78,6 +78,20 @@ def _is_transient(exc: BaseException, depth: int = 0) -> bool:
     return cause is not None and depth < 4 and _is_transient(cause, depth + 1)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc``), else by a set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class Storage:
     """A root location and the byte operations shardprune needs on files below it.
 
@@ -281,6 +295,8 @@ class Storage:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
+            # mkstemp creates 0600; a published dataset must be as readable as its shards.
+            os.fchmod(fd, 0o666 & ~current_umask())
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -41,13 +41,22 @@ class Run:
     """One dataset, score store and loader; the adapter under test is built by ``wrap``."""
 
     def __init__(
-        self, data: Path, scores: Path, wrap: Callable[[StreamingLoader], Any] | None, num_workers: int = 0
+        self,
+        data: Path,
+        scores: Path,
+        wrap: Callable[[StreamingLoader], Any] | None,
+        num_workers: int = 0,
+        plan_ahead: int = 64,
     ) -> None:
         ds = open_dataset(data)
         self.store = ScoreStore(scores, len(ds), ds.fingerprint, flush_interval_s=None)
         policy = make_policy("infobatch", delta=DELTA)
         self.loader = StreamingLoader(
-            ds, batch_size=BATCH, policy=policy, store=self.store, num_epochs=EPOCHS, seed=3, num_workers=num_workers
+            ds, batch_size=BATCH, policy=policy, store=self.store,
+            num_epochs=EPOCHS,
+            seed=3,
+            num_workers=num_workers,
+            plan_ahead=plan_ahead,
         )
         self.iterable = None if wrap is None else wrap(self.loader)
         self.steps: Steps = []
@@ -64,9 +73,9 @@ class Run:
         return cols
 
 
-def _explicit(data: Path, scores: Path) -> tuple[Steps, list[Any], dict[str, np.ndarray]]:
+def _explicit(data: Path, scores: Path, plan_ahead: int = 64) -> tuple[Steps, list[Any], dict[str, np.ndarray]]:
     """The README loop: set_epoch before every epoch."""
-    run = Run(data, scores, None)
+    run = Run(data, scores, None, plan_ahead=plan_ahead)
     for epoch in range(EPOCHS):
         run.loader.set_epoch(epoch)
         for batch in run.loader:
@@ -142,10 +151,19 @@ def test_loop_without_set_epoch_prunes_like_the_explicit_loop(
 def test_resume_mid_epoch_yields_the_remaining_batches(
     wrap: Callable[[StreamingLoader], Any], workers: int, reference: Any, tmp_path: Path
 ) -> None:
-    """Stop inside a pruned epoch (with the loader's worker processes running), resume, compare."""
+    """Stop inside a pruned epoch (with the loader's worker processes running), resume, compare.
+
+    A Prefetcher requests batches on its own thread, ahead of the reports, so the loader's
+    background planning (which freezes the scores when batch n - k is requested) would see
+    a timing-dependent set of reports: such a consumer runs with ``plan_ahead=0``, which
+    freezes each epoch's scores when it starts, deterministically.
+    """
     data, ref_steps, _, ref_cols = reference
+    plan_ahead = 0 if wrap is _nodes_prefetched else 64
+    if plan_ahead == 0:
+        ref_steps, _, ref_cols = _explicit(data, tmp_path / "ref-scores", plan_ahead=0)
     scores = tmp_path / "scores"
-    first = Run(data, scores, wrap, num_workers=workers)
+    first = Run(data, scores, wrap, num_workers=workers, plan_ahead=plan_ahead)
     state: dict[str, Any] | None = None
     for epoch_iterable in _passes(first):
         for i, batch in enumerate(epoch_iterable):
@@ -159,7 +177,7 @@ def test_resume_mid_epoch_yields_the_remaining_batches(
     done = len(first.steps)
     first.close()
 
-    resumed = Run(data, scores, wrap, num_workers=workers)
+    resumed = Run(data, scores, wrap, num_workers=workers, plan_ahead=plan_ahead)
     resumed.store.load_state_dict(state["scores"])
     _load(resumed.iterable, state["loader"])
     for epoch_iterable in _passes(resumed, STOP_EPOCH):
@@ -217,12 +235,17 @@ def test_dataloader_workers_are_refused(reference: Any, tmp_path: Path) -> None:
     loader.close()
 
 
-def test_more_passes_than_epochs_is_refused(reference: Any) -> None:
-    loader = StreamingLoader(open_dataset(reference[0]), batch_size=BATCH * 4, num_epochs=2)
+def test_passes_past_num_epochs_anneal_like_the_loader(reference: Any) -> None:
+    """A framework that runs more epochs than the loader was built for gets annealing
+    epochs (all data, weight 1), as a plain loop over the loader does, not an error."""
+    loader = StreamingLoader(open_dataset(reference[0]), batch_size=BATCH * 4, num_epochs=2, policy="random")
     ds = as_iterable_dataset(loader)
     assert [sum(1 for _ in ds) for _ in range(2)] == [N // (BATCH * 4)] * 2
-    with pytest.raises(ConfigError, match=r"epoch=2 is past the loader's last epoch 1 \(num_epochs=2\)"):
-        next(iter(ds))
+    third = list(ds)
+    assert loader.epoch_stats.epoch == 2
+    assert loader.epoch_stats.samples_skipped == 0
+    assert len(third) == N // (BATCH * 4)
+    assert all(bool((b["weights"] == 1).all()) for b in third)
     with pytest.raises(ConfigError, match=r"epoch=-1 must be an int >= 0"):
         ds.set_epoch(-1)
     loader.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tarfile
 import zlib
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -23,7 +24,8 @@ import numpy as np
 from shardprune.errors import SourceError
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME, Header, ShardInfo
 from shardprune.format.manifest import NO_LABEL, Manifest, sha256
-from shardprune.format.tarsample import member_end, split_key
+from shardprune.format.metadata import MetadataFn, columns_from_rows, combine
+from shardprune.format.tarsample import BLOCK, member_end, split_key
 from shardprune.format.writer import existing_dataset
 from shardprune.sources.base import check_labels
 from shardprune.sources.sniff import encoding_of
@@ -32,22 +34,89 @@ from shardprune.storage import Storage
 Progress = Callable[[int], None]
 
 
+#: Leading bytes of the compressed formats a ``.tar`` is often mistaken for.
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"BZh", "bzip2", "bunzip2"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    (b"\x04\x22\x4d\x18", "lz4", "unlz4"),
+)
+_REFETCH = "re-copy or re-download it, or move it out of the folder to index the rest"
+
+
 def _members(path: str) -> list[tarfile.TarInfo]:
+    """The regular-file members of one tar, after checking the tar is whole.
+
+    Raises:
+        SourceError: the file is missing, compressed, truncated (a member's data or a
+            header runs past the end) or damaged; the message names the member and offset.
+    """
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            return [m for m in tar.getmembers() if m.isfile()]
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(BLOCK)
     except FileNotFoundError as exc:
         raise SourceError(f"{path!r} does not exist") from exc
+    for magic, kind, tool in _COMPRESSED:
+        if head.startswith(magic):
+            raise SourceError(
+                f"{path!r} is {kind}-compressed; samples are read by byte range, which needs an uncompressed "
+                f"tar: decompress it ({tool}) and index the .tar"
+            )
+    if size == 0:
+        raise SourceError(f"{path!r} is empty (0 bytes); {_REFETCH}")
+    members: list[tarfile.TarInfo] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            while (m := tar.next()) is not None:
+                members.append(m)
     except (tarfile.TarError, OSError) as exc:
+        if members and member_end(members[-1]) > size:
+            raise SourceError(_short_member(path, members[-1], size)) from exc
+        where = f"after member {members[-1].name!r} (which ends at byte {member_end(members[-1])})" if members else (
+            "at its first header (byte 0)"
+        )
         raise SourceError(
-            f"{path!r} is not an uncompressed tar ({exc}); compressed tars cannot be read by byte range"
+            f"{path!r} ({size} bytes) is truncated or damaged {where}: {exc}; {_REFETCH}"
         ) from exc
+    end = member_end(members[-1]) if members else 0
+    if members and end > size:
+        raise SourceError(_short_member(path, members[-1], size))
+    with open(path, "rb") as f:
+        f.seek(end)
+        tail = f.read(BLOCK)
+    # tarfile takes a partial last header for the end of the archive; WebDataset would too,
+    # silently losing the samples that were cut off.
+    if len(tail) < BLOCK and tail.strip(b"\0"):
+        raise SourceError(
+            f"{path!r} ({size} bytes) is truncated or damaged after byte {end}"
+            + (f" (the end of member {members[-1].name!r})" if members else "")
+            + f": the {len(tail)} bytes that follow are a partial tar header; {_REFETCH}"
+        )
+    return [m for m in members if m.isfile()]
+
+
+def _short_member(path: str, m: tarfile.TarInfo, size: int) -> str:
+    return (
+        f"{path!r} is truncated: member {m.name!r} (header at byte {m.offset}) declares {m.size} bytes of data, "
+        f"but the file ends at byte {size}, {member_end(m) - size} bytes short of the member's end; {_REFETCH}"
+    )
 
 
 def _scan(
-    path: str, label_ext: str | None, seen: dict[str, str]
+    path: str,
+    label_ext: str | None,
+    seen: dict[str, str],
+    metadata: MetadataFn | None = None,
+    first_id: int = 0,
+    meta_rows: list[Mapping[str, Any]] | None = None,
 ) -> tuple[list[tuple[int, int, int, int | None]], set[str]]:
-    """Return ``[(offset, length, crc32, label or None)]`` per sample of one tar, and its extensions."""
+    """Return ``[(offset, length, crc32, label or None)]`` per sample of one tar, and its extensions.
+
+    With ``metadata``, also append ``metadata(sample_id, {extension: bytes})`` of each
+    sample to ``meta_rows`` (ids counted from ``first_id``).
+    """
     groups: list[list[tarfile.TarInfo]] = []
     current: str | None = None
     exts_in_group: set[str] = set()
@@ -86,15 +155,26 @@ def _scan(
             if len(data) != length:
                 raise SourceError(f"{path!r} is truncated: sample at offset {start} needs {length} bytes")
             label: int | None = None
+            fields: dict[str, bytes] = {}
             for m in group:
                 ext = split_key(m.name)[1]
                 exts.add(ext)
+                if metadata is not None:
+                    fields[ext] = data[m.offset_data - start : m.offset_data - start + m.size]
                 if ext == label_ext:
                     text = data[m.offset_data - start : m.offset_data - start + m.size]
                     try:
                         label = int(text.decode("ascii").strip())
                     except (UnicodeDecodeError, ValueError) as exc:
                         raise SourceError(f"{path!r}: {m.name!r} holds {text[:20]!r}, not an integer label") from exc
+            if metadata is not None and meta_rows is not None:
+                row = metadata(first_id + len(rows), fields)
+                if not isinstance(row, Mapping):
+                    raise SourceError(
+                        f"metadata function returned {type(row).__name__} for {path!r} sample {group[0].name!r}; "
+                        "it must return a dict {column: bool | int | float | str | None}"
+                    )
+                meta_rows.append(row)
             rows.append((start, length, zlib.crc32(data) & 0xFFFFFFFF, label))
     return rows, exts
 
@@ -120,6 +200,7 @@ def index_tars(
     num_classes: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    metadata: MetadataFn | None = None,
 ) -> Header:
     """Write ``manifest.arrow`` and ``shardprune.json`` beside existing WebDataset tars.
 
@@ -132,6 +213,10 @@ def index_tars(
         num_classes: Labels must lie in ``0..num_classes-1`` (default: max label + 1).
         overwrite: Replace an existing, different header and manifest (default False).
         progress: Called with the number of samples indexed since the last call.
+        metadata: ``fn(sample_id, {extension: bytes}) -> {column: value}`` for manifest
+            metadata columns, e.g. :class:`~shardprune.format.metadata.JsonColumns` to copy
+            keys of each sample's ``.json`` member (default None). The samples are read
+            anyway, for their CRC32.
 
     Raises:
         SourceError: a rule in the module docstring is broken, or there are no samples.
@@ -147,9 +232,10 @@ def index_tars(
     shards: list[ShardInfo] = []
     cols: list[tuple[int, int, int, int, int | None]] = []
     exts: set[str] = set()
+    meta_rows: list[Mapping[str, Any]] = []
     for rel in rels:
         path = os.path.join(root, rel)
-        rows, shard_exts = _scan(path, label_ext, seen)
+        rows, shard_exts = _scan(path, label_ext, seen, metadata, len(cols), meta_rows)
         if not rows:
             continue
         exts |= shard_exts
@@ -179,6 +265,7 @@ def index_tars(
         length=np.array([c[2] for c in cols], dtype=np.int64),
         label=labels,
         crc32=np.array([c[3] for c in cols], dtype=np.uint32),
+        metadata=combine(len(cols), columns_from_rows(meta_rows, len(cols))) if metadata is not None else None,
     )
     manifest_bytes = manifest.to_bytes()
     fields: dict[str, dict[str, Any]] = {ext: {"encoding": encoding_of(ext)} for ext in sorted(exts)}

@@ -12,6 +12,7 @@ import io
 import tarfile
 
 from shardprune.errors import CorruptSampleError
+from shardprune.format.encodings import normalize_ext
 
 BLOCK = 512
 
@@ -19,14 +20,15 @@ BLOCK = 512
 def split_key(name: str) -> tuple[str, str]:
     """Split a member name into (key, extension) the way WebDataset does.
 
-    ``dir/abc.seg.png`` -> (``dir/abc``, ``seg.png``). The key is everything up to the
-    first dot of the base name.
+    ``dir/abc.seg.PNG`` -> (``dir/abc``, ``seg.png``). The key is everything up to the
+    first dot of the base name; the extension is lowercased, as WebDataset's
+    ``group_by_keys`` does, so ``a.JPG`` and ``b.jpg`` are the same field.
     """
     slash = name.rfind("/")
     dot = name.find(".", slash + 1)
     if dot < 0:
         return name, ""
-    return name[:dot], name[dot + 1 :]
+    return name[:dot], normalize_ext(name[dot + 1 :])
 
 
 def member_end(info: tarfile.TarInfo) -> int:

@@ -19,19 +19,23 @@ import shutil
 import signal
 import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from shardprune.errors import ConfigError, DatasetError, OutputExistsError, SourceError
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME, SHARD_FORMATS, Header, ShardInfo
 from shardprune.format.manifest import Manifest, sha256
+from shardprune.format.metadata import Columns, MetadataFn, columns_from_rows, combine, merge
 from shardprune.format.tarwriter import TarShardWriter, padded_size, sample_key
 from shardprune.format.zarrsample import COMPRESSIONS
 from shardprune.format.zarrwriter import write_zarr_shard
 from shardprune.sources.base import ArraySource, Source
 from shardprune.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from shardprune.format.samplewriter import SampleWriter
 
 #: Default shard size limit: large enough for efficient sequential reads, small enough
 #: to spread over workers and ranks.
@@ -79,6 +83,7 @@ class ShardResult:
     lengths: np.ndarray
     crc32: np.ndarray
     exts: frozenset[str]
+    metadata: Columns = field(default_factory=dict)
 
 
 def _fsync(path: str) -> None:
@@ -110,13 +115,15 @@ def write_shard(
     root: str,
     progress: Progress | None = None,
     finish: Callable[[str, str], None] = _sync_and_rename,
+    metadata: MetadataFn | None = None,
 ) -> ShardResult:
     """Write samples ``start..stop-1`` as shard ``index`` below the local directory ``root``.
 
     A shard is written under a temporary name and handed to ``finish(tmp, final)``,
     which by default fsyncs and renames it; the single-process writer passes one that
     does this on a background thread, so the disk flushes one shard while the next is
-    being written.
+    being written. ``metadata(sample_id, fields)`` is called on each sample's fields
+    (tar: ``{extension: bytes}``; zarr: ``{name: ndarray}``) for its metadata columns.
     """
     os.makedirs(os.path.join(root, SHARDS_DIR), exist_ok=True)
     if shard_format == "zarr":
@@ -124,13 +131,18 @@ def write_shard(
             raise ConfigError("zarr shards need an array source")
         group = f"{SHARDS_DIR}/{index:06d}.zarr"
         tmp_group = f"{SHARDS_DIR}/.tmp-{index:06d}.zarr"
-        shard = write_zarr_shard(root, tmp_group, source.name, source.array_range(start, stop), compression)
+        rows = source.array_range(start, stop)
+        rows_meta = (
+            [] if metadata is None else [_meta(metadata, start + j, {source.name: r}) for j, r in enumerate(rows)]
+        )
+        shard = write_zarr_shard(root, tmp_group, source.name, rows, compression)
         finish(os.path.join(root, tmp_group), os.path.join(root, group))
         if progress is not None:
             progress(stop - start)
         object_path = group + shard.object_path[len(tmp_group) :]
         info = ShardInfo(path=object_path, bytes=shard.nbytes, samples=stop - start)
-        return ShardResult(index, info, shard.offsets, shard.lengths, shard.crc32, frozenset())
+        columns = columns_from_rows(rows_meta, len(rows_meta))
+        return ShardResult(index, info, shard.offsets, shard.lengths, shard.crc32, frozenset(), columns)
     rel = f"{SHARDS_DIR}/{index:06d}.tar"
     final = os.path.join(root, rel)
     tmp = os.path.join(root, SHARDS_DIR, f".tmp-{index:06d}.tar")
@@ -140,12 +152,15 @@ def write_shard(
     crcs = np.empty(n, dtype=np.uint32)
     exts: set[str] = set()
     labels = source.labels
+    meta: list[dict[str, Any]] = []
     j = -1
     with open(tmp, "wb", buffering=1 << 20) as f:
         tw = TarShardWriter(f)
         for j, fields in enumerate(source.tar_samples(start, stop)):
             sample_id = start + j
             exts.update(fields)
+            if metadata is not None:
+                meta.append(_meta(metadata, sample_id, fields))
             if source.labelled:
                 fields = {**fields, "cls": str(int(labels[sample_id])).encode("ascii")}
             offsets[j], lengths[j], crcs[j] = tw.add(sample_key(sample_id), fields)
@@ -157,24 +172,44 @@ def write_shard(
     finish(tmp, final)
     if progress is not None and n % 64:
         progress(n % 64)
-    return ShardResult(index, ShardInfo(path=rel, bytes=size, samples=n), offsets, lengths, crcs, frozenset(exts))
+    info = ShardInfo(path=rel, bytes=size, samples=n)
+    return ShardResult(index, info, offsets, lengths, crcs, frozenset(exts), columns_from_rows(meta, len(meta)))
+
+
+def _meta(fn: MetadataFn, sample_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+    row = fn(sample_id, fields)
+    if not isinstance(row, dict):
+        raise SourceError(
+            f"metadata function returned {type(row).__name__} for sample {sample_id}; it must return a dict "
+            "{column: bool | int | float | str | None}"
+        )
+    return row
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: Source, shard_format: str, compression: str, root: str) -> None:
+def _init_worker(
+    source: Source, shard_format: str, compression: str, root: str, metadata: MetadataFn | None = None
+) -> None:
     # Ctrl-C reaches the whole process group; the parent handles it (cancels the queued
     # shards, waits for the running ones, removes the staging directory). A worker that
     # raised KeyboardInterrupt itself would only print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.update(source=source, shard_format=shard_format, compression=compression, root=root)
+    _WORKER.update(source=source, shard_format=shard_format, compression=compression, root=root, metadata=metadata)
 
 
 def _run_job(job: tuple[int, int, int]) -> ShardResult:
     index, start, stop = job
     return write_shard(
-        _WORKER["source"], index, start, stop, _WORKER["shard_format"], _WORKER["compression"], _WORKER["root"]
+        _WORKER["source"],
+        index,
+        start,
+        stop,
+        _WORKER["shard_format"],
+        _WORKER["compression"],
+        _WORKER["root"],
+        metadata=_WORKER["metadata"],
     )
 
 
@@ -228,6 +263,10 @@ class DatasetWriter:
         compression: Zarr inner-chunk compression, ``"none"`` (default) or ``"zstd"``.
         overwrite: Replace an existing, different dataset at ``output`` (default False).
         storage_options: fsspec options for a remote ``output``.
+        metadata: ``fn(sample_id, fields) -> {column: value}`` run on every sample while
+            it is written (picklable when ``workers > 1``), for manifest metadata columns
+            that filters read without reading shards (default None). Added to the
+            source's own columns (``ParquetSource(metadata_columns=...)``, ...).
     """
 
     def __init__(
@@ -241,7 +280,10 @@ class DatasetWriter:
         compression: str = "none",
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
+        metadata: MetadataFn | None = None,
     ) -> None:
+        if metadata is not None and not callable(metadata):
+            raise ConfigError(f"metadata={metadata!r} must be a callable fn(sample_id, fields) -> dict, or None")
         if shard_format not in SHARD_FORMATS:
             raise ConfigError(f"shard_format={shard_format!r} is not one of {SHARD_FORMATS}")
         if max_bytes is not None and max_bytes < 1:
@@ -261,6 +303,7 @@ class DatasetWriter:
         self.workers = workers
         self.compression = compression
         self.overwrite = overwrite
+        self.metadata = metadata
 
     def _sizes(self, source: Source) -> np.ndarray:
         if self.shard_format == "zarr":
@@ -298,6 +341,20 @@ class DatasetWriter:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def samples(self, *, num_classes: int | None = None) -> "SampleWriter":
+        """A :class:`~shardprune.format.samplewriter.SampleWriter` for writing samples one by one.
+
+        ``with DatasetWriter(out).samples() as sink: sink.write({"jpg": data, "label": 3})``
+        publishes the dataset when the block ends (nothing if it raises). Tar shards only;
+        ``workers`` does not apply (the caller's loop produces the samples).
+
+        Args:
+            num_classes: Labels must lie in ``0..num_classes-1`` (default: max label + 1).
+        """
+        from shardprune.format.samplewriter import SampleWriter
+
+        return SampleWriter(self, num_classes=num_classes)
+
     def _write_shards(
         self, source: Source, jobs: list[tuple[int, int, int]], staging: str, progress: Progress | None
     ) -> list[ShardResult]:
@@ -309,7 +366,7 @@ class DatasetWriter:
             workers,
             mp_context=_mp_context(),
             initializer=_init_worker,
-            initargs=(source, self.shard_format, self.compression, staging),
+            initargs=(source, self.shard_format, self.compression, staging, self.metadata),
         )
         try:
             futures: list[Future[ShardResult]] = [pool.submit(_run_job, job) for job in jobs]
@@ -333,7 +390,9 @@ class DatasetWriter:
                 pending.append(syncer.submit(_sync_and_rename, tmp, final))
 
             results = [
-                write_shard(source, i, a, b, self.shard_format, self.compression, staging, progress, finish)
+                write_shard(
+                    source, i, a, b, self.shard_format, self.compression, staging, progress, finish, self.metadata
+                )
                 for i, a, b in jobs
             ]
             for fut in pending:
@@ -347,6 +406,9 @@ class DatasetWriter:
             length=np.concatenate([r.lengths for r in results]),
             label=source.labels,
             crc32=np.concatenate([r.crc32 for r in results]),
+            metadata=combine(
+                len(source), source.metadata_columns(), merge([(r.info.samples, r.metadata) for r in results])
+            ),
         )
         manifest_bytes = manifest.to_bytes()
         if self.shard_format == "zarr" and isinstance(source, ArraySource):

@@ -110,13 +110,8 @@ class EpochCursor:
         if self._chosen is not None:
             epoch, self._chosen = self._chosen, None
         else:
+            # Past num_epochs the loader serves annealing epochs (all data), as a plain loop would.
             epoch = 0 if self._last is None else self._last + 1
-            if epoch >= self.loader.num_epochs:
-                raise ConfigError(
-                    f"epoch={epoch} is past the loader's last epoch {self.loader.num_epochs - 1} "
-                    f"(num_epochs={self.loader.num_epochs}); iterate at most num_epochs times, or build "
-                    "the loader with a larger num_epochs"
-                )
             self.loader.set_epoch(epoch)
         self._last = epoch
         return epoch

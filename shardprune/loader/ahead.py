@@ -12,6 +12,10 @@ follows, so it stays deterministic and exactly resumable):
    keep the scores they had (as pruned samples do). Freezing stays on the training
    thread because a distributed store's snapshot is a collective, and every rank
    requests that batch at the same index (all ranks have equal batch counts).
+   ``plan_ahead=0`` turns this off (the trigger is ``n``, which no request reaches): each
+   epoch is frozen and planned when it starts. A consumer that requests batches on its own
+   thread (a ``torchdata.nodes.Prefetcher``) needs it, because its requests run ahead of
+   the reports by an amount that depends on timing.
 2. The policy's decision, the plan and the first read units of ``e + 1`` are computed
    from that snapshot in one background thread, while the last ``k`` batches train; the
    worker pool then starts reading ``e + 1`` behind the last units of ``e``.

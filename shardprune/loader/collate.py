@@ -9,6 +9,11 @@ Per field, over the batch's samples:
 
 The sample's ``id`` becomes the batch's ``ids`` (int64), ``label`` an int64 tensor.
 The loader adds ``weights`` and the Mixup fields (see :mod:`shardprune.loader.mixup`).
+
+The batch has every field that any of its samples has, in order of first appearance
+(never just the first sample's keys). A field that some samples lack is a list of one
+value per sample with :data:`MISSING` (``None``) where it is absent, whatever its type
+(arrays as tensors, other values as they are), so ``batch["txt"][i] is None`` tells which samples carry a caption.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 from shardprune.loader.decode import Sample
 
 Batch = dict[str, Any]
+#: The value of a field in a sample that lacks it.
+MISSING = None
 
 
 def collate_values(values: list[Any]) -> Any:
@@ -45,10 +52,20 @@ def collate_values(values: list[Any]) -> Any:
     return list(values)
 
 
+def _tensor_or_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
 def collate(samples: list[Sample]) -> Batch:
-    """Collate ``samples`` (dicts with the same keys) into a batch dict."""
+    """Collate ``samples`` into a batch dict (fields missing from some samples: lists with :data:`MISSING`)."""
+    keys = list(dict.fromkeys(k for s in samples for k in s))
     batch: Batch = {}
-    for key in samples[0]:
+    for key in keys:
+        if not all(key in s for s in samples):
+            batch[key] = [_tensor_or_value(s[key]) if key in s else MISSING for s in samples]
+            continue
         values = [s[key] for s in samples]
         if key == "id":
             batch["ids"] = torch.tensor([int(v) for v in values], dtype=torch.int64)

@@ -25,6 +25,7 @@ import numpy as np
 
 from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
+from shardprune.loader.filter import decide_filtered
 from shardprune.loader.ioplan import ReadUnit, plan_reads
 from shardprune.loader.options import ReadOptions
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
@@ -73,10 +74,15 @@ class EpochPlanner:
         cfg: The plan configuration (seed, rank layout, batch and shuffle settings).
         horizon: ``num_epochs`` in epoch mode, ``num_steps`` in step mode (the policy's
             schedule length; see the module docstring).
+        filter_ids: Sample ids a filter keeps (:mod:`shardprune.loader.filter`); the policy
+            decides over them only. None: every sample.
     """
 
-    def __init__(self, dataset: ShardedDataset, policy: Policy, cfg: PlanConfig, horizon: int) -> None:
+    def __init__(
+        self, dataset: ShardedDataset, policy: Policy, cfg: PlanConfig, horizon: int, filter_ids: np.ndarray | None = None
+    ) -> None:
         self.dataset = dataset
+        self.filter_ids = filter_ids
         self.policy = policy
         self.cfg = cfg
         self.horizon = horizon
@@ -85,13 +91,12 @@ class EpochPlanner:
     def plan(self, epoch: int, clock: int, snapshot: ScoreSnapshot) -> PlannedEpoch:
         """Decide and plan ``epoch`` from ``snapshot`` with the policy at ``clock``."""
         n = len(self.dataset)
-        decision = self.policy.decide(snapshot, clock, self.cfg.seed, self.horizon)
+        decision = decide_filtered(self.policy, snapshot, self.filter_ids, clock, self.cfg.seed, self.horizon)
         if decision.keep.shape != (n,) or decision.weights.shape != (n,):
             raise ConfigError(
                 f"policy {self.policy!r} returned keep/weights of shapes {decision.keep.shape}/"
                 f"{decision.weights.shape}; the dataset has {n} samples"
             )
-        # `decision` is final from here on: a keep filter (loader/filter.py) applies above this line.
         m = self.dataset.manifest
         plan = make_plan(
             decision.keep, decision.weights, m.shard, m.offset, len(self.dataset.header.shards), self.cfg, epoch

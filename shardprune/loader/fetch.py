@@ -24,7 +24,7 @@ import torch
 
 from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
-from shardprune.loader.decode import Sample, Transform, decode_sample
+from shardprune.loader.decode import Sample, Transform, decode_sample, select_fields
 from shardprune.loader.failure import WorkerFailure
 from shardprune.loader.ioplan import ReadBlock, ReadUnit
 
@@ -193,7 +193,7 @@ class UnitFetcher:
             ds.verify(i, raw)
             sample = ds.decode(i, raw)
             if self.fields is not None:
-                sample = {k: v for k, v in sample.items() if k in self.fields or k in _ALWAYS}
+                sample = select_fields(sample, self.fields, ds.where(i))
             if self.decode:
                 sample = decode_sample(sample, ds.header.fields, ds.where(i))
             if self.transform is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,3 +47,20 @@ class EpochStats:
     def as_dict(self) -> dict[str, Any]:
         """The counters as a JSON-able dict."""
         return asdict(self)
+
+
+def run_totals(epochs: Iterable[EpochStats]) -> dict[str, int]:
+    """Every counter summed over ``epochs`` (e.g. each epoch's ``loader.epoch_stats`` kept in a list).
+
+    ``epoch`` becomes ``epochs``, the number of epochs summed; ``samples_total`` sums to
+    the sample visits a full-data run would make, so ``bytes_not_read / (bytes_kept +
+    bytes_not_read)`` is the run's I/O saving.
+    """
+    totals = {name: 0 for name in EpochStats.__dataclass_fields__ if name != "epoch"}
+    totals["epochs"] = 0
+    for stats in epochs:
+        totals["epochs"] += 1
+        for name, value in stats.as_dict().items():
+            if name != "epoch":
+                totals[name] += int(value)
+    return totals

@@ -53,6 +53,7 @@ from shardprune.loader.pipeline import (
     preload_forkserver,
 )
 from shardprune.loader.plan import EpochPlan, PlanConfig
+from shardprune.loader.filter import FilterSpec, filter_config, filter_ids
 from shardprune.loader.stats import EpochStats
 from shardprune.loader.workers import WorkerPool
 from shardprune.policies import make_policy
@@ -131,7 +132,14 @@ class StreamingLoader:
         multiprocessing_context: ``"forkserver"`` (default) or ``"spawn"`` for workers.
         plan_ahead: Batches before the end of an epoch at which the next one is frozen and
             planned in the background (default 64, at most a sixteenth of the epoch; see
-            :mod:`~shardprune.loader.ahead`).
+            :mod:`~shardprune.loader.ahead`). 0: plan each epoch when it starts, from every
+            report made before then; use it when something requests batches from the loader
+            on another thread (a ``torchdata.nodes.Prefetcher`` over :func:`as_node`), whose
+            requests run ahead of the reports by a timing-dependent amount.
+        filter: Samples to train on, from manifest columns: an expression such as
+            ``"width >= 256 and label < 10"`` or a bool mask over sample ids (default
+            None: all). Filtered-out samples are never planned or read; the policy
+            decides over the filtered samples (:mod:`shardprune.loader.filter`).
 
     Epochs: see the module docstring. Each batch carries ``epoch`` (int), which
     :func:`shardprune.weighted_loss` passes on to the score store with the losses.
@@ -183,6 +191,7 @@ class StreamingLoader:
         storage_options: dict[str, Any] | None = None,
         multiprocessing_context: str = "forkserver",
         plan_ahead: int = 64,
+        filter: FilterSpec = None,
     ) -> None:
         if (num_epochs is None) == (num_steps is None):
             raise ConfigError(
@@ -192,6 +201,7 @@ class StreamingLoader:
         self.num_epochs = None if num_epochs is None else check_int("num_epochs", num_epochs, 1)
         self.num_steps = None if num_steps is None else check_int("num_steps", num_steps, 1)
         self.dataset = dataset if isinstance(dataset, ShardedDataset) else open_dataset(dataset, storage_options)
+        self.filter, self.filter_ids = filter, filter_ids(filter, self.dataset.manifest)
         self.world = World.detect() if world is None else world
         if not isinstance(self.world, World):
             raise ConfigError(f"world={world!r} must be a shardprune.dist.world.World or None")
@@ -234,7 +244,9 @@ class StreamingLoader:
                 "pass pin_memory=None (pin when CUDA is available) or False"
             )
         self.mixup = bool(mixup)
-        self.plan_ahead = check_int("plan_ahead", plan_ahead, 1)
+        self.plan_ahead = check_int(
+            "plan_ahead", plan_ahead, 0, fix="0 plans each epoch when it starts (for consumers that prefetch on a thread)"
+        )
         self.fetcher = UnitFetcher(
             self.dataset,
             decode=decode,
@@ -245,7 +257,7 @@ class StreamingLoader:
         )
         horizon = self.num_epochs if self.num_epochs is not None else self.num_steps
         assert horizon is not None
-        self.planner = EpochPlanner(self.dataset, self.policy, self.cfg, horizon)
+        self.planner = EpochPlanner(self.dataset, self.policy, self.cfg, horizon, self.filter_ids)
         self._epoch: PlannedEpoch | None = None  # the epoch planned last
         self._cursor = 0  # batches of it handed out
         self._step = 0  # batches of the stream handed out (step mode)
@@ -304,6 +316,7 @@ class StreamingLoader:
             "policy": jsonable(state),
             "mixup": self.mixup,
             "plan_ahead": self.plan_ahead,
+            "filter": filter_config(self.filter, self.filter_ids),
         }
 
     def _freeze(self) -> ScoreSnapshot:

@@ -1,7 +1,7 @@
 """Pruning policies: pure functions of (score snapshot, epoch, seed) -> keep decisions and weights.
 
 Every policy is registered by name and built with :func:`make_policy`, which validates
-the name and the parameters. See ALGORITHMS.md for the rules each one follows.
+the name and the parameters. See docs/ALGORITHMS.md for the rules each one follows.
 """
 
 from __future__ import annotations

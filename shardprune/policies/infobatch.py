@@ -9,7 +9,7 @@ The official rule (NUS-HPC-AI-Lab/InfoBatch ``infobatch.py``, ``InfoBatch.prune`
 * kept well-learned samples get a larger weight; everything else weight 1;
 * annealing: epochs ``e >= delta * num_epochs`` read all data with weight 1.
 
-Where shardprune differs, on purpose (ALGORITHMS.md lists the official defects):
+Where shardprune differs, on purpose (docs/ALGORITHMS.md lists the official defects):
 
 * "All scores" means all *seen* samples: a sample never trained on has no loss, is
   excluded from the mean and from ``W``, and is always kept with weight 1. The official

@@ -3,7 +3,7 @@
 **This is a reconstruction.** Only the paper's abstract is public: pruning is
 probabilistic sampling rather than hard removal ("soft selection") driven by learning
 dynamics, plus a probabilistic Mixup that keeps information diversity at high pruning
-rates. Everything below fills in that description (see ALGORITHMS.md); it is not a port
+rates. Everything below fills in that description (see docs/ALGORITHMS.md); it is not a port
 of the authors' code.
 
 * Score of a seen sample: ``s_i = loss_ema_i + dynamics * delta_ema_i`` (the loss EMA

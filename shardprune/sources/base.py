@@ -79,6 +79,10 @@ class Source(ABC):
     def labelled(self) -> bool:
         return self.num_classes is not None
 
+    def metadata_columns(self) -> dict[str, Any]:
+        """The source's own manifest metadata columns, name -> one value per sample (default none)."""
+        return {}
+
     @abstractmethod
     def tar_sizes(self) -> np.ndarray:
         """Each sample's size in a tar shard (members and headers, ``cls`` excluded).

@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Any, Iterator
 
 import numpy as np
 
 from shardprune.errors import ConfigError, SourceError
+from shardprune.format.metadata import check_name
 from shardprune.sources.base import BytesSource
 from shardprune.sources.sniff import encoding_of, image_ext
 
 REENCODINGS = ("jpg", "png")
+
+
+def _compile(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"path_pattern={pattern!r} is not a regular expression ({exc})") from exc
+    if not compiled.groupindex:
+        raise ConfigError(f"path_pattern={pattern!r} has no named group; name each column, e.g. (?P<source>[a-z]+)")
+    return compiled
 
 
 def _walk_files(directory: str) -> list[str]:
@@ -40,6 +54,11 @@ class ImageFolderSource(BytesSource):
         root: The tree's root directory.
         reencode: None (default) keeps the bytes; ``"jpg"`` or ``"png"`` re-encodes with Pillow.
         quality: JPEG quality for ``reencode="jpg"`` (1..100, default 90).
+        path_column: Store each file's path relative to ``root`` (``/``-separated) as
+            this manifest metadata column (default None: not stored).
+        path_pattern: A regular expression matched against that relative path; each
+            named group becomes a metadata column (an int column where every value is
+            a whole number), e.g. ``r"(?P<cls>[^/]+)/(?P<source>[a-z]+)_[0-9]+"``.
 
     Raises:
         SourceError: the root is missing, has no class folders or no images, or a file is unreadable.
@@ -47,7 +66,15 @@ class ImageFolderSource(BytesSource):
 
     kind = "imagefolder"
 
-    def __init__(self, root: str | os.PathLike[str], *, reencode: str | None = None, quality: int = 90) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        reencode: str | None = None,
+        quality: int = 90,
+        path_column: str | None = None,
+        path_pattern: str | None = None,
+    ) -> None:
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise SourceError(f"ImageFolder root {root!r} is not a directory; pass the folder holding class folders")
@@ -93,6 +120,33 @@ class ImageFolderSource(BytesSource):
         }
         if reencode is not None:
             self.description["reencode"] = {"format": reencode, "quality": quality}
+        self.path_column = None if path_column is None else check_name(path_column, "path_column")
+        self.path_pattern = _compile(path_pattern)
+        self._path_columns = self._match_paths()
+
+    def _match_paths(self) -> dict[str, Any]:
+        rels = [os.path.relpath(p, self.root).replace(os.sep, "/") for p in self.paths]
+        out: dict[str, Any] = {} if self.path_column is None else {self.path_column: rels}
+        if self.path_pattern is None:
+            return out
+        groups: dict[str, list[str]] = {g: [] for g in self.path_pattern.groupindex}
+        for rel in rels:
+            match = self.path_pattern.search(rel)
+            if match is None:
+                raise SourceError(
+                    f"path_pattern {self.path_pattern.pattern!r} does not match {rel!r} (below {self.root!r}); "
+                    "make the pattern match every file or move the file out"
+                )
+            for g in groups:
+                groups[g].append(match.group(g))
+        for g, values in groups.items():
+            check_name(g, "path_pattern group")
+            whole = all(v is not None and v.isdigit() for v in values)
+            out[g] = [int(v) for v in values] if whole else values
+        return out
+
+    def metadata_columns(self) -> dict[str, Any]:
+        return dict(self._path_columns)
 
     def tar_sizes(self) -> np.ndarray:
         blocks = -(-self.file_sizes // 512) * 512

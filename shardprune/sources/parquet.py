@@ -36,6 +36,8 @@ class ParquetSource(BytesSource):
         image_column: Column of image bytes (default ``"image"``).
         label_column: Column of integer labels (default ``"label"``; None: unlabelled).
         num_classes: Labels must lie in ``0..num_classes-1`` (default: max label + 1).
+        metadata_columns: Further columns (bool, int, float or str) copied into the
+            manifest as metadata, for filters that need no reads (default none).
 
     Raises:
         SourceError: the file or a column is missing, or labels are out of range.
@@ -50,11 +52,13 @@ class ParquetSource(BytesSource):
         image_column: str = "image",
         label_column: str | None = "label",
         num_classes: int | None = None,
+        metadata_columns: tuple[str, ...] | list[str] = (),
     ) -> None:
         self.path = os.fspath(path)
         pf = _open(self.path)
         names = pf.schema_arrow.names
-        for col in (image_column, label_column):
+        self.metadata_names = tuple(metadata_columns)
+        for col in (image_column, label_column, *self.metadata_names):
             if col is not None and col not in names:
                 raise SourceError(f"{self.path!r} has no column {col!r} (it has {names}); pass the right column name")
         meta = pf.metadata
@@ -89,6 +93,14 @@ class ParquetSource(BytesSource):
             "image_column": image_column,
             "label_column": label_column,
         }
+        if self.metadata_names:
+            self.description["metadata_columns"] = list(self.metadata_names)
+
+    def metadata_columns(self) -> dict[str, Any]:
+        if not self.metadata_names:
+            return {}
+        table = _open(self.path).read(columns=list(self.metadata_names))
+        return {name: table.column(name).combine_chunks() for name in self.metadata_names}
 
     def tar_sizes(self) -> np.ndarray:
         return self._sizes

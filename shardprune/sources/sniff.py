@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-#: Tar member extension -> the ``encoding`` written into the header's ``fields``.
-ENCODINGS = {
-    "jpg": "jpeg",
-    "png": "png",
-    "gif": "gif",
-    "bmp": "bmp",
-    "webp": "webp",
-    "tiff": "tiff",
-    "npy": "npy",
-    "cls": "int",
-    "json": "json",
-    "txt": "text",
-}
+from shardprune.format.encodings import BY_EXTENSION, encoding_of_ext
+
+#: Tar member extension -> the ``encoding`` written into the header's ``fields``: the
+#: table the loader decodes by (:mod:`shardprune.format.encodings`), so the two agree.
+ENCODINGS = BY_EXTENSION
 
 #: How many leading bytes :func:`image_ext` needs.
 SNIFF_BYTES = 12
@@ -43,4 +35,4 @@ def image_ext(head: bytes) -> str | None:
 
 def encoding_of(ext: str) -> str:
     """The header encoding of a tar extension (``"bytes"`` when unknown)."""
-    return ENCODINGS.get(ext.rsplit(".", 1)[-1].lower(), "bytes")
+    return encoding_of_ext(ext)
