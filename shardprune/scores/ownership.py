@@ -13,7 +13,7 @@ create, however its reads and writes interleave with the newcomer's, and stops w
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 
 from shardprune.errors import OwnershipLostError
 from shardprune.storage import Storage
@@ -28,7 +28,7 @@ def put_if_absent(storage: Storage, rel: str, data: bytes) -> bool:
     path = storage.path(rel)
     try:
         if storage.is_local:
-            _link_new(path, data)
+            _link_new(storage, rel, data)
         else:
             storage.fs.pipe_file(path, data, mode="create")
         return True
@@ -38,18 +38,13 @@ def put_if_absent(storage: Storage, rel: str, data: bytes) -> bool:
         return storage.read_bytes(rel) == data
 
 
-def _link_new(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+def _link_new(storage: Storage, rel: str, data: bytes) -> None:
+    tmp = f"{rel}.tmp-{uuid.uuid4().hex}"
+    storage.write_bytes_atomic(tmp, data)  # complete and fsynced before it gets its real name
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # raises FileExistsError if another writer created it first
+        os.link(storage.path(tmp), storage.path(rel))  # FileExistsError if another writer was first
     finally:
-        os.unlink(tmp)
+        os.unlink(storage.path(tmp))
 
 
 def lost(url: str, me: str, winner: str | None) -> OwnershipLostError:
