@@ -26,7 +26,7 @@ from shardprune.errors import (
 )
 from shardprune.policies import make_policy
 from shardprune.scores import ScoreSnapshot, ScoreStore
-from shardprune.scores.generations import POINTER_NAME, read_commit
+from shardprune.scores.generations import MAX_LIVE_GENERATIONS, POINTER_NAME, read_commit
 from shardprune.storage import Storage
 
 FP = "dataset-fingerprint-1"
@@ -418,3 +418,24 @@ def test_snapshot_is_frozen(tmp_path: Path) -> None:
             snap.loss[1] = 5.0
     assert ScoreSnapshot.fresh(4).fingerprint == ScoreSnapshot.fresh(4).fingerprint
     assert ScoreSnapshot.fresh(4).fingerprint != ScoreSnapshot.fresh(5).fingerprint
+
+
+def test_too_many_live_generations_rewrite_every_chunk(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    with open_store(root, n=2000, chunk_size=100) as st:  # 20 chunks
+        for chunk in range(MAX_LIVE_GENERATIONS):  # one chunk per flush: one generation each
+            st.update([chunk * 100], [float(chunk)], epoch=0)
+            st.flush()
+        head = read_commit(Storage(root))
+        assert head is not None and len({head.chunks[c] for c in range(MAX_LIVE_GENERATIONS)}) == MAX_LIVE_GENERATIONS
+        written = st.stats["chunks_written"]
+        st.update([1999], [7.0], epoch=0)
+        st.flush()  # the 17th generation: every chunk is rewritten into it
+        assert st.stats["chunks_written"] - written == 20
+        head = read_commit(Storage(root))
+        assert head is not None and len(set(head.chunks)) == 1
+        expected = st.snapshot(pin=False)
+    with open_store(root, n=2000, writer=False) as reader:
+        snap = reader.snapshot()
+    assert snap.fingerprint == expected.fingerprint
+    assert snap.loss[[0, 1500, 1999]].tolist() == [0.0, 15.0, 7.0] and int(snap.visits.sum()) == 17
