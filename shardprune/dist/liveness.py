@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch.distributed as dist
@@ -25,13 +25,23 @@ from shardprune.errors import DistributedError
 #: Seconds a rank whose collective failed waits for the other ranks to check in.
 PROBE_S = 10.0
 _POLL_S = 0.05
-_counters: dict[int, Any] = {}
+#: Per process group (the object, held so its id is never reused): a counter of its collectives.
+_counters: dict[int, tuple[Any, Iterator[int]]] = {}
 T = TypeVar("T")
+
+
+def _next_number(group: Any) -> int:
+    # A re-initialised WORLD is a new object, so its numbering starts again at 0 on every rank.
+    pg = group if group is not None else dist.group.WORLD
+    entry = _counters.get(id(pg))
+    if entry is None or entry[0] is not pg:
+        entry = _counters[id(pg)] = (pg, itertools.count())
+    return next(entry[1])
 
 
 def guarded(what: str, fn: Callable[[], T], group: Any = None) -> T:
     """Run the collective ``fn``; turn a backend failure into a :class:`DistributedError` naming the dead ranks."""
-    number = next(_counters.setdefault(id(group), itertools.count()))
+    number = _next_number(group)
     try:
         return fn()
     except DistributedError:
