@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from shardprune.scores.snapshot import COLUMNS
-from shardprune.scores.update import CleanBatch, fold
+from shardprune.scores.reports import Item
+from shardprune.scores.transfer import resolve
+from shardprune.scores.update import CleanBatch, fold, validate
 from shardprune.scores.zarrio import runs
 
 Block = tuple[int, dict[str, np.ndarray]]
@@ -70,6 +72,22 @@ class LiveColumns:
             self.stats["batches_applied"] += len(clean)
             self.stats["skipped_nonfinite"] += sum(c.skipped_nonfinite for c in clean)
             self.stats["skipped_out_of_range"] += sum(c.skipped_out_of_range for c in clean)
+
+    def fold_queued(self, num_samples: int, invalid: str, items: list[Item]) -> None:
+        """Validate queued ``(ids, losses, epoch)`` items and fold the good ones, in order.
+
+        One bad batch does not drop the others; the first error is raised after folding.
+        """
+        clean: list[CleanBatch] = []
+        first_error: BaseException | None = None
+        for h_ids, h_losses, e in items:
+            try:
+                clean.append(validate(resolve(h_ids), resolve(h_losses), e, num_samples, invalid))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the good batches
+                first_error = first_error or exc
+        self.fold(clean)
+        if first_error is not None:
+            raise first_error
 
     def count_skipped(self, reason: str, count: int) -> None:
         key = f"skipped_{reason}"

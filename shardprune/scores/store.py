@@ -40,10 +40,10 @@ from shardprune.scores import generations as gen
 from shardprune.scores.binding import ProcessBinding
 from shardprune.scores.columns import LiveColumns
 from shardprune.scores.options import StoreOptions
-from shardprune.scores.reports import Item, ReportQueue
+from shardprune.scores.reports import ReportQueue
 from shardprune.scores.snapshot import ScoreSnapshot, fresh_columns
 from shardprune.scores.transfer import resolve, shape_of, to_host
-from shardprune.scores.update import CleanBatch, check_lengths, validate
+from shardprune.scores.update import check_lengths, validate
 from shardprune.scores.zarrio import read_columns
 from shardprune.storage import Storage
 from shardprune.validate import check_int
@@ -159,7 +159,7 @@ class ScoreStore:
         self.stats["generation"] = self._commit.generation
         self._columns = LiveColumns(columns, self.chunk_size, self.ema_beta, self.stats)
         # Neither thread nor the finalizer holds the store itself, so a dropped store is collected.
-        self._reports = ReportQueue(functools.partial(_apply_items, self._columns, self.num_samples, self.invalid))
+        self._reports = ReportQueue(functools.partial(self._columns.fold_queued, self.num_samples, self.invalid))
         self._stop = threading.Event()
         self._binding = ProcessBinding(
             self,
@@ -468,20 +468,6 @@ class ScoreStore:
     def __repr__(self) -> str:
         role = "writer" if self.writer else "replica"
         return f"ScoreStore({self._storage.url!r}, num_samples={self.num_samples}, {role})"
-
-
-def _apply_items(columns: LiveColumns, num_samples: int, invalid: str, items: list[Item]) -> None:
-    """Validate queued batches and fold the good ones; raise the first bad one's error after."""
-    clean: list[CleanBatch] = []
-    first_error: BaseException | None = None
-    for h_ids, h_losses, e in items:
-        try:
-            clean.append(validate(resolve(h_ids), resolve(h_losses), e, num_samples, invalid))
-        except BaseException as exc:  # noqa: BLE001 - one bad batch must not drop the others
-            first_error = first_error or exc
-    columns.fold(clean)
-    if first_error is not None:
-        raise first_error
 
 
 def _flush_periodically(ref: "weakref.ref[ScoreStore]", interval: float, stop: threading.Event) -> None:
