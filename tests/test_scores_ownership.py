@@ -90,3 +90,39 @@ def test_old_commit_objects_are_deleted(tmp_path: Path) -> None:
         newest = st.stats["generation"]
     kept = sorted(int(p.stem) for p in (root / "commits").iterdir())
     assert kept == list(range(newest - KEEP_COMMITS, newest + 1))
+
+
+def test_a_commit_whose_reply_was_lost_is_built_on_not_mistaken_for_a_rival(
+    where: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create lands but the caller sees an error (a lost reply, which no real server makes on
+    demand, hence the patch): the flush fails, and the next one builds on the writer's own commit."""
+    from shardprune.scores import ownership
+
+    url, opts = where
+    real = ownership.put_if_absent
+    lost_once = {"left": 1}
+
+    def reply_lost(storage: Storage, rel: str, data: bytes) -> bool:
+        created = real(storage, rel, data)
+        if lost_once["left"]:
+            lost_once["left"] -= 1
+            raise OSError("connection reset while reading the response")
+        return created
+
+    with _open(url, opts) as st:
+        st.update([1], [1.0], epoch=0)
+        st.flush()
+        generation = st.stats["generation"]
+        monkeypatch.setattr(ownership, "put_if_absent", reply_lost)
+        st.update([101], [2.0], epoch=0)
+        with pytest.raises(OSError, match="connection reset"):
+            st.flush()
+        assert st.stats["flush_errors"] == 1
+        st.update([201], [3.0], epoch=0)
+        st.flush()  # finds its own commit at generation + 1 and commits generation + 2 on top
+        assert st.stats["generation"] == generation + 2
+        head = read_commit(Storage(url, opts))
+        assert head is not None and head.generation == generation + 2 and head.writer == st._writer_id
+    with _open(url, opts, writer=False) as reader:
+        assert reader.snapshot().loss[[1, 101, 201]].tolist() == [1.0, 2.0, 3.0]

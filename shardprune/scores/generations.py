@@ -4,7 +4,7 @@ Layout under the store URL::
 
     scores.json                      the pointer: a copy of the newest commit
     commits/0000000042.json          one immutable object per commit, created only if absent
-    gen-00000042-3f2a9c1e/           one zarr v3 group per flush, written once
+    gen-00000042-3f2a9c1e-5b0d17aa/  one zarr v3 group per flush (generation, writer, attempt)
         loss/ loss_ema/ delta_ema/ visits/ last_epoch/      arrays of length N
 
 A commit (:class:`Commit`) maps every chunk to the generation holding its latest
@@ -16,8 +16,13 @@ version (``-1``: never written, i.e. all samples in it unseen). The commit proto
    This is the one ownership check: exactly one writer wins each generation number,
    and the loser raises :class:`~shardprune.errors.OwnershipLostError`.
 3. Replace ``scores.json`` atomically with the same content (local: temporary file +
-   ``os.replace``; S3: one PUT), refusing if it already names a newer generation.
+   ``os.replace``; S3: one PUT). Before step 2, a pointer naming a newer generation than the
+   writer's last commit stops the writer too.
 4. Delete generations and commit objects that nothing references any more.
+
+From step 2 on the commit is durable, so a failure in steps 3-4 is left to the next commit to
+repair. A writer whose create landed but whose reply was lost finds its own commit at that
+number next time and builds on it.
 
 Readers take ``scores.json`` and then any newer ``commits/`` objects (a writer killed
 between steps 2 and 3), so they always open the last complete state. A process killed
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -181,25 +188,53 @@ def keep_pins(pins: list[dict[str, Any]], protect: str) -> list[dict[str, Any]]:
     return kept + others[len(others) - (MAX_PINS - len(kept)) :]
 
 
+class _OwnCommitExists(Exception):
+    """The generation is taken by this writer's own earlier attempt (its create landed, the reply did not)."""
+
+    def __init__(self, commit: Commit) -> None:
+        super().__init__(commit.generation)
+        self.commit = commit
+
+
 def publish(storage: Storage, base: Commit, new: Commit) -> None:
     """Steps 2-4 of the protocol: commit ``new`` (generation ``base.generation + 1``).
 
     Raises:
         OwnershipLostError: another writer committed after ``base``; nothing was changed.
     """
-    if not ownership.put_if_absent(storage, commit_name(new.generation), new.to_json()):
-        winner = read_commit(storage)
-        raise ownership.lost(storage.url, new.writer, None if winner is None else winner.writer)
     pointer = _read(storage, POINTER_NAME)
     if pointer is not None and pointer.generation > base.generation:
-        # Only reachable by a writer so far behind that its generation's object was deleted.
+        if pointer.writer == new.writer:
+            raise _OwnCommitExists(pointer)
+        # A writer so far behind that its next generation's object was already deleted.
         raise ownership.lost(storage.url, new.writer, pointer.writer)
-    storage.write_bytes_atomic(POINTER_NAME, new.to_json())
+    if not ownership.put_if_absent(storage, commit_name(new.generation), new.to_json()):
+        taken = _read(storage, commit_name(new.generation))
+        if taken is not None and taken.writer == new.writer:
+            raise _OwnCommitExists(taken)
+        winner = read_commit(storage)
+        raise ownership.lost(storage.url, new.writer, None if winner is None else winner.writer)
+    # The commit is durable from here on: readers find it by probing past the pointer, so a
+    # failed pointer update or clean-up is repaired by the next commit, never reported.
     try:
+        storage.write_bytes_atomic(POINTER_NAME, new.to_json())
         collect_garbage(storage, new)
     except OSError:
-        # Leftovers are harmless; the next commit retries their removal.
         pass
+
+
+def _advance(storage: Storage, base: Commit, writer: str, change: Callable[[Commit], None]) -> Commit:
+    """Publish ``base``'s successor as modified by ``change``, on top of this writer's own
+    earlier commit if an attempt whose reply was lost already took the generation."""
+    while True:
+        new = base.successor(writer)
+        change(new)
+        new.compact_dirs()
+        try:
+            publish(storage, base, new)
+            return new
+        except _OwnCommitExists as own:
+            base = own.commit
 
 
 def commit_dirty(
@@ -225,29 +260,29 @@ def commit_dirty(
     Returns:
         The new commit.
     """
-    new = base.successor(writer)
-    if dirty.any():
-        dirname = f"{GEN_PREFIX}{new.generation:08d}-{writer[:8]}"
-        write_generation(storage, dirname, base.num_samples, base.chunk_size, blocks)
-        new.dirs.append(dirname)
-        index = len(new.dirs) - 1
-        new.chunks = [index if d else c for c, d in zip(new.chunks, dirty.tolist())]
-    if pin is not None:
-        pins = [p for p in new.pins if p["fingerprint"] != pin["fingerprint"]]
-        new.pins = keep_pins([*pins, {**pin, "chunks": list(new.chunks)}], protect)
-    new.compact_dirs()
-    publish(storage, base, new)
-    return new
+
+    def change(new: Commit) -> None:
+        if dirty.any():
+            # A fresh name per attempt: a directory an earlier attempt's commit names is never rewritten.
+            dirname = f"{GEN_PREFIX}{new.generation:08d}-{writer[:8]}-{uuid.uuid4().hex[:8]}"
+            write_generation(storage, dirname, base.num_samples, base.chunk_size, blocks)
+            new.dirs.append(dirname)
+            index = len(new.dirs) - 1
+            new.chunks = [index if d else c for c, d in zip(new.chunks, dirty.tolist())]
+        if pin is not None:
+            pins = [p for p in new.pins if p["fingerprint"] != pin["fingerprint"]]
+            new.pins = keep_pins([*pins, {**pin, "chunks": list(new.chunks)}], protect)
+
+    return _advance(storage, base, writer, change)
 
 
 def roll_back(storage: Storage, base: Commit, writer: str, fingerprint: str) -> Commit:
     """Commit the chunk map pinned under ``fingerprint``: a rollback rewrites no chunk."""
-    pin = next(p for p in base.pins if p["fingerprint"] == fingerprint)
-    new = base.successor(writer)
-    new.chunks = list(pin["chunks"])
-    new.compact_dirs()
-    publish(storage, base, new)
-    return new
+
+    def change(new: Commit) -> None:
+        new.chunks = list(next(p for p in new.pins if p["fingerprint"] == fingerprint)["chunks"])
+
+    return _advance(storage, base, writer, change)
 
 
 def collect_garbage(storage: Storage, commit: Commit) -> int:
