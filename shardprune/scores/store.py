@@ -13,6 +13,7 @@ The parts, one job each: :mod:`~shardprune.scores.options` (argument checks),
 :mod:`~shardprune.scores.reports` (queue and applying thread),
 :mod:`~shardprune.scores.columns` (live columns and dirty chunks),
 :mod:`~shardprune.scores.generations` (commit protocol and rollback),
+:mod:`~shardprune.scores.zarrio` (one generation's arrays),
 :mod:`~shardprune.scores.ownership` (create-only writes),
 :mod:`~shardprune.scores.binding` (process guard and the unflushed-GC warning).
 """
