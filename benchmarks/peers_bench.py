@@ -50,7 +50,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -386,11 +386,8 @@ def key_id(key: str) -> int:
     return int(digits) if digits else zlib.crc32(key.encode())
 
 
-def read_mosaic(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
-    stub_unusable_imports()
-    from streaming import StreamingDataset
-
-    ds = StreamingDataset(local=str(root / "mds"), shuffle=False, batch_size=batch_size)
+def _filtered_batches(ds: Iterable[Any], root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    """Batches of a peer's samples (dicts with ``id``, ``label`` and the payload field), filtered after reading."""
     keep = keep_fn(ratio)
     field = payload_field(root / "shardprune-tar")
 
@@ -400,22 +397,21 @@ def read_mosaic(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any
                 yield decode_payload(field, s[field]), int(s["label"])
 
     yield from batches(samples(), batch_size)
+
+
+def read_mosaic(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    stub_unusable_imports()
+    from streaming import StreamingDataset
+
+    ds = StreamingDataset(local=str(root / "mds"), shuffle=False, batch_size=batch_size)
+    yield from _filtered_batches(ds, root, ratio, batch_size)
 
 
 def read_litdata(root: Path, ratio: float, batch_size: int) -> Iterator[tuple[Any, Any]]:
     stub_unusable_imports()
     from litdata import StreamingDataset
 
-    ds = StreamingDataset(str(root / "litdata"), shuffle=False)
-    keep = keep_fn(ratio)
-    field = payload_field(root / "shardprune-tar")
-
-    def samples() -> Iterator[tuple[np.ndarray, int]]:
-        for s in ds:
-            if keep(int(s["id"])):
-                yield decode_payload(field, s[field]), int(s["label"])
-
-    yield from batches(samples(), batch_size)
+    yield from _filtered_batches(StreamingDataset(str(root / "litdata"), shuffle=False), root, ratio, batch_size)
 
 
 READER_FNS: dict[str, Callable[[Path, float, int], Iterator[tuple[Any, Any]]]] = {

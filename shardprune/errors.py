@@ -51,6 +51,14 @@ class ScoreStoreError(ShardpruneError, RuntimeError):
     """The score store cannot be opened, updated or flushed."""
 
 
+class OwnershipLostError(ScoreStoreError):
+    """Another process opened the score store as a writer; this one may no longer commit."""
+
+
+class UnflushedScoresWarning(UserWarning):
+    """A writer store was garbage-collected without ``close()``: its last reports are lost."""
+
+
 class ScoreStoreMismatchError(ScoreStoreError, ValueError):
     """A score store belongs to another dataset (size or checksum differ)."""
 

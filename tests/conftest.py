@@ -22,3 +22,9 @@ def s3_server() -> Iterator[S3Server]:
     """
     with running_s3_server() as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from slow_tests import mark_slow
+
+    mark_slow(items)

@@ -336,3 +336,25 @@ def uneven(rank: int, world: int, out: Path, *, data: str, store: str, ckpt: str
     scores.close()
     loader.close()
     (out / f"rank{rank}.json").write_text(json.dumps({"message": message, "written": Path(ckpt).exists()}))
+
+
+def dead_rank(rank: int, world: int, out: Path, *, store: str, victim: int) -> None:
+    """Rank ``victim`` SIGKILLs itself after three synced steps; the others keep syncing and must
+    stop with a DistributedError naming it (written to ``rank<r>.json`` before re-raising)."""
+    import time
+
+    from shardprune.dist import DistributedScores
+    from shardprune.errors import DistributedError
+
+    scores = DistributedScores.open(store, 1000, "fp", flush_interval_s=None, sync_every=None)
+    for step in range(10_000):
+        if rank == victim and step == 3:
+            (out / "killed_at.txt").write_text(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        scores.update(torch.tensor([step % 1000]), torch.tensor([1.0]), epoch=0)
+        try:
+            scores.sync()
+        except DistributedError as exc:
+            (out / f"rank{rank}.json").write_text(json.dumps({"error": str(exc), "at": time.time(), "step": step}))
+            scores.close(sync=False)
+            raise

@@ -75,9 +75,9 @@ def test_partners_are_kept_samples_and_values_blend(ds: tuple[Path, np.ndarray])
                 mixed_total += int(mixed.sum())
                 eligible_total += int((~pad).sum())
                 pads += int(pad.sum())
-    assert pads > 0  # the pad rule was exercised
-    # q = 0.6 of the eligible samples mix (a fixed seed: the draw is deterministic, the bound loose).
-    assert 0.45 < mixed_total / eligible_total < 0.75
+    assert pads == 2  # the pad rule was exercised
+    # q = 0.6 at seed 3: the Philox draws are fixed, so the count is exact (46 / 78 = 0.59).
+    assert (mixed_total, eligible_total) == (46, 78)
 
 
 def test_mixup_same_with_workers_and_off_when_disabled(ds: tuple[Path, np.ndarray]) -> None:

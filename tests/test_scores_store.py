@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import pickle
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,11 @@ from shardprune.errors import (
     InvalidLossError,
     ScoreStoreError,
     ScoreStoreMismatchError,
+    UnflushedScoresWarning,
 )
 from shardprune.policies import make_policy
 from shardprune.scores import ScoreSnapshot, ScoreStore
-from shardprune.scores.generations import POINTER_NAME, read_commit
+from shardprune.scores.generations import MAX_LIVE_GENERATIONS, POINTER_NAME, read_commit
 from shardprune.storage import Storage
 
 FP = "dataset-fingerprint-1"
@@ -136,7 +139,7 @@ def test_skip_mode_counts_and_drops(tmp_path: Path) -> None:
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"ema_beta=1\.0 is outside \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"ema_beta=1\.0 must be a finite number in \[0\.0, 1\.0\)"):
         ScoreStore(tmp_path / "a", 10, FP, ema_beta=1.0)
     with pytest.raises(ConfigError, match="invalid='drop'"):
         ScoreStore(tmp_path / "a", 10, FP, invalid="drop")
@@ -170,13 +173,13 @@ def test_concurrent_updates_from_threads_lose_nothing(tmp_path: Path) -> None:
 def test_update_returns_without_applying(tmp_path: Path) -> None:
     with open_store(tmp_path / "s") as st:
         gate = threading.Event()
-        original = st._apply_clean
+        original = st._columns.fold
 
         def slow(clean: Any) -> None:
             gate.wait(5)
             original(clean)
 
-        st._apply_clean = slow  # type: ignore[method-assign]
+        st._columns.fold = slow  # type: ignore[method-assign]
         t0 = time.perf_counter()
         st.update([1], [1.0], epoch=0)
         assert time.perf_counter() - t0 < 0.5
@@ -241,15 +244,44 @@ def test_replica_never_writes(tmp_path: Path) -> None:
         st.update([1], [1.0], epoch=0)
     listing = sorted(os.listdir(root))
     pointer = (root / POINTER_NAME).read_bytes()
+    timers = sum(t.name == "shardprune-flush" for t in threading.enumerate())
     with open_store(root, writer=False, flush_interval_s=0.01) as replica:
+        # A replica starts no flush timer, whatever its interval.
+        assert sum(t.name == "shardprune-flush" for t in threading.enumerate()) == timers
         replica.apply(np.array([3, 4]), np.array([1.0, 2.0], dtype=np.float32), 0)
         replica.update([5], [1.0], epoch=0)
         replica.flush()
-        time.sleep(0.05)
         with pytest.raises(ConfigError, match="replicas never write"):
             replica.snapshot(pin=True)
         assert replica.snapshot().visits[[1, 3, 4, 5]].tolist() == [1, 1, 1, 1]
+        assert replica.stats["flushes"] == 0 and replica.stats["chunks_written"] == 0
+    # close() ran its final flush: still nothing written.
     assert sorted(os.listdir(root)) == listing and (root / POINTER_NAME).read_bytes() == pointer
+
+
+def test_a_dropped_writer_warns_about_unflushed_reports(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    st = open_store(root, flush_interval_s=30.0)
+    st.update([1, 150], [1.0, 2.0], epoch=0)
+    st.wait()
+    with pytest.warns(UnflushedScoresWarning, match=r"reports in 2 chunk\(s\) .* lost.*store.close\(\)"):
+        del st
+        gc.collect()
+    with open_store(root, writer=False) as reader:
+        assert reader.snapshot().visits.sum() == 0  # the finalizer warns; it never writes
+    # Closed, flushed or replica stores are dropped silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with open_store(root) as closed:
+            closed.update([1], [1.0], epoch=0)
+        flushed = open_store(root)
+        flushed.update([2], [1.0], epoch=0)
+        flushed.flush()
+        replica = open_store(root, writer=False)
+        replica.update([3], [1.0], epoch=0)
+        replica.wait()
+        del closed, flushed, replica
+        gc.collect()
 
 
 def test_pickling_is_refused(tmp_path: Path) -> None:
@@ -386,3 +418,24 @@ def test_snapshot_is_frozen(tmp_path: Path) -> None:
             snap.loss[1] = 5.0
     assert ScoreSnapshot.fresh(4).fingerprint == ScoreSnapshot.fresh(4).fingerprint
     assert ScoreSnapshot.fresh(4).fingerprint != ScoreSnapshot.fresh(5).fingerprint
+
+
+def test_too_many_live_generations_rewrite_every_chunk(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    with open_store(root, n=2000, chunk_size=100) as st:  # 20 chunks
+        for chunk in range(MAX_LIVE_GENERATIONS):  # one chunk per flush: one generation each
+            st.update([chunk * 100], [float(chunk)], epoch=0)
+            st.flush()
+        head = read_commit(Storage(root))
+        assert head is not None and len({head.chunks[c] for c in range(MAX_LIVE_GENERATIONS)}) == MAX_LIVE_GENERATIONS
+        written = st.stats["chunks_written"]
+        st.update([1999], [7.0], epoch=0)
+        st.flush()  # the 17th generation: every chunk is rewritten into it
+        assert st.stats["chunks_written"] - written == 20
+        head = read_commit(Storage(root))
+        assert head is not None and len(set(head.chunks)) == 1
+        expected = st.snapshot(pin=False)
+    with open_store(root, n=2000, writer=False) as reader:
+        snap = reader.snapshot()
+    assert snap.fingerprint == expected.fingerprint
+    assert snap.loss[[0, 1500, 1999]].tolist() == [0.0, 15.0, 7.0] and int(snap.visits.sum()) == 17

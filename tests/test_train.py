@@ -37,12 +37,19 @@ class Recorder:
         self.skipped.append((count, reason))
 
 
-def test_score_store_and_custom_sinks_satisfy_the_protocol(tmp_path: Path) -> None:
+def test_score_store_and_custom_sinks_receive_the_same_reports(tmp_path: Path) -> None:
+    batch = {"ids": torch.tensor([3, 5, 7, 9]), "weights": torch.ones(4), "mixed": torch.tensor([False, True, False, False])}
+    losses = torch.tensor([0.5, 1.5, 2.5, 3.5])
+    recorder = Recorder()
     with open_store(tmp_path / "s") as store:
-        sink: ScoreSink = store  # checked by mypy too
-        assert isinstance(sink, ScoreSink)
-    assert isinstance(Recorder(), ScoreSink)
-    assert not isinstance(object(), ScoreSink)
+        sinks: list[ScoreSink] = [store, recorder]  # both satisfy the protocol (mypy checks it)
+        for sink in sinks:
+            weighted_loss(batch, losses, sink)
+        snap = store.snapshot()
+        assert store.stats["skipped_mixed"] == 1
+    assert recorder.updates == [([3, 7, 9], [0.5, 2.5, 3.5])] and recorder.skipped == [(1, "mixed")]
+    assert np.flatnonzero(snap.visits).tolist() == [3, 7, 9]
+    assert snap.loss[[3, 7, 9]].tolist() == [0.5, 2.5, 3.5]
 
 
 def test_weights_are_applied_as_a_plain_mean() -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and run the tests or the demo.
 #   bash tools/dev.sh test    # install everything, type-check, run the whole test suite
+#   bash tools/dev.sh fast    # the inner loop: type-check, every test not marked slow
 #   bash tools/dev.sh demo    # install everything, run the main job on the embedded dataset
 # Extra arguments go to pytest (test) or to `python -m shardprune demo` (demo).
 set -euo pipefail
@@ -21,11 +22,15 @@ case "$cmd" in
         "$VENV/bin/python" -m mypy
         "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" "$@"
         ;;
+    fast)
+        "$VENV/bin/python" -m mypy
+        "$VENV/bin/python" -m pytest -q -n "${PYTEST_WORKERS:-2}" -m "not slow" "$@"
+        ;;
     demo)
         "$VENV/bin/python" -m shardprune demo "$@"
         ;;
     *)
-        echo "usage: bash tools/dev.sh [test|demo] [args...]" >&2
+        echo "usage: bash tools/dev.sh [test|fast|demo] [args...]" >&2
         exit 2
         ;;
 esac

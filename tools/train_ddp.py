@@ -138,6 +138,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
     device = init_distributed(args.backend)
     world = World.detect()
+    scores: DistributedScores | None = None
+    loader: StreamingLoader | None = None
     try:
         ds = open_dataset(args.data, options)
         field = args.field or next((f for f in ds.header.fields if f not in ("cls", "label")), None)
@@ -271,6 +273,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 os.path.basename(args.metrics_out), json.dumps(summary, indent=1).encode()
             )
         return summary
+    except BaseException:
+        # No collective on the error path: a peer may be dead, and a sync would wait for it.
+        if scores is not None:
+            scores.close(sync=False)
+        if loader is not None:
+            loader.close()
+        raise
     finally:
         dist.destroy_process_group()
 

@@ -15,6 +15,7 @@ from shardprune.demo.data import BUILTIN_DATASETS, DEFAULT_MNIST1D_SAMPLES, chec
 from shardprune.demo.report import Row, format_table, table_rows
 from shardprune.demo.trainer import ALL_POLICIES, DATASET_DEFAULTS, DEMO_POLICIES, RunResult, TrainConfig, train_policy
 from shardprune.errors import ConfigError
+from shardprune.validate import check_int
 
 @dataclass(frozen=True)
 class DemoOptions:
@@ -43,8 +44,10 @@ class DemoOptions:
             raise ConfigError("--policies must include 'full': every other row is reported as a fraction of it")
         if not self.out:
             raise ConfigError("--out is empty; pass an output directory")
-        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
-            raise ConfigError(f"--threads {self.threads!r} must be an int >= 1 (torch intra-op threads), e.g. 1")
+        try:
+            check_int("threads", self.threads, 1, fix="the torch intra-op threads, e.g. 1")
+        except ConfigError as exc:
+            raise ConfigError(f"--threads {self.threads!r}: {exc}") from None
         if len(set(self.policies)) != len(self.policies):
             raise ConfigError(f"--policies {list(self.policies)} names a policy twice")
         self.train.check()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from shardprune.dist.liveness import guarded
 from shardprune.errors import DistributedError
 
 #: A process group, or None for the default (WORLD) group.
@@ -46,7 +47,7 @@ def group_device(group: Group = None) -> torch.device:
 def all_gather_1d(tensor: torch.Tensor, group: Group = None) -> list[torch.Tensor]:
     """Every rank's equally shaped 1-D ``tensor``, in rank order."""
     out = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, tensor.contiguous(), group=group)
+    guarded("all_gather", lambda: dist.all_gather(out, tensor.contiguous(), group=group), group)
     return out
 
 
@@ -238,12 +239,12 @@ def broadcast_bytes(data: bytes | None, src: int = 0, group: Group = None) -> by
     """``data`` of rank ``src`` on every rank (other ranks pass None), without pickling."""
     device = group_device(group)
     size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=device)
-    dist.broadcast(size, src=src, group=group)
+    guarded("broadcast", lambda: dist.broadcast(size, src=src, group=group), group)
     n = int(size.item())
     if dist.get_rank(group) == src and data:
         buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
     else:
         buf = torch.empty(n, dtype=torch.uint8, device=device)
     if n:
-        dist.broadcast(buf, src=src, group=group)
+        guarded("broadcast", lambda: dist.broadcast(buf, src=src, group=group), group)
     return bytes(buf.cpu().numpy().tobytes())

@@ -36,6 +36,7 @@ from shardprune.dist.collectives import (
 from shardprune.errors import ConfigError, DistributedError, InvalidLossError
 from shardprune.scores.snapshot import ScoreSnapshot
 from shardprune.scores.store import ScoreStore
+from shardprune.validate import check_int
 
 #: Default :attr:`DistributedScores.sync_every`: samples accounted (reported or skipped)
 #: per rank between automatic syncs. 65,536 reports buffer 768 KiB on the device.
@@ -79,9 +80,8 @@ class DistributedScores:
         require_initialized()
         if not isinstance(store, ScoreStore):
             raise ConfigError(f"store={store!r} must be a shardprune ScoreStore")
-        bad_every = isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1
-        if sync_every is not None and bad_every:
-            raise ConfigError(f"sync_every={sync_every!r} must be an int >= 1 (samples per rank), or None")
+        if sync_every is not None:
+            sync_every = check_int("sync_every", sync_every, 1, fix="samples per rank between syncs, or None")
         self.store = store
         self.group = group
         self.rank = dist.get_rank(group)
@@ -209,10 +209,9 @@ class DistributedScores:
     def record_skipped(self, count: int, reason: str = "mixed") -> None:
         """Count samples whose loss is not reported; ``"mixed"`` counts reach every replica."""
         self._check_process()
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-            raise ConfigError(f"count={count!r} must be an int >= 0")
-        self._skipped[reason] = self._skipped.get(reason, 0) + int(count)
-        self._account(int(count))
+        count = check_int("count", count, 0)
+        self._skipped[reason] = self._skipped.get(reason, 0) + count
+        self._account(count)
 
     def _account(self, n: int) -> None:
         self._accounted += n

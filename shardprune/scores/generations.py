@@ -1,34 +1,51 @@
-"""How the score store lies on disk or in a bucket: immutable generations plus one pointer.
+"""How the score store lies on disk or in a bucket, and the protocol that commits to it.
 
 Layout under the store URL::
 
-    scores.json                      the pointer (the only object ever overwritten)
-    gen-00000007-3f2a9c1e/           one zarr v3 group per flush, written once
+    scores.json                      the pointer: a copy of the newest commit
+    commits/0000000042.json          one immutable object per commit, created only if absent
+    gen-00000042-3f2a9c1e-5b0d17aa/  one zarr v3 group per flush (generation, writer, attempt)
         loss/ loss_ema/ delta_ema/ visits/ last_epoch/      arrays of length N
 
-A flush writes only the chunks that changed since the last one into a *new* generation
-group, then replaces ``scores.json`` atomically (local: temporary file + ``os.replace``;
-S3: one PUT). ``scores.json`` maps every chunk to the generation holding its latest
-version (``-1``: never written, i.e. all samples in it unseen). A process killed in
-the middle of a flush leaves a partial generation that no pointer references, so
-readers always open the last complete state; the next successful commit deletes it.
+A commit (:class:`Commit`) maps every chunk to the generation holding its latest
+version (``-1``: never written, i.e. all samples in it unseen). The commit protocol
+(:func:`commit_dirty`, :func:`roll_back`, both through :func:`publish`):
 
-Generations referenced by the current map, the previous map or a pin (a named state an
-epoch or checkpoint must be able to reload) are kept; all others are deleted after
-each commit. Generation names carry the writer's id, so two writers can never write the
-same chunk file (see ``ScoreStore`` for the ownership rule).
+1. Write the chunks that changed since the last commit into a *new* generation group.
+2. Create ``commits/<g+1>.json`` only if absent (:mod:`~shardprune.scores.ownership`).
+   This is the one ownership check: exactly one writer wins each generation number,
+   and the loser raises :class:`~shardprune.errors.OwnershipLostError`.
+3. Replace ``scores.json`` atomically with the same content (local: temporary file +
+   ``os.replace``; S3: one PUT). Before step 2, a pointer naming a newer generation than the
+   writer's last commit stops the writer too.
+4. Delete generations and commit objects that nothing references any more.
+
+From step 2 on the commit is durable, so a failure in steps 3-4 is left to the next commit to
+repair. A writer whose create landed but whose reply was lost finds its own commit at that
+number next time and builds on it.
+
+Readers take ``scores.json`` and then any newer ``commits/`` objects (a writer killed
+between steps 2 and 3), so they always open the last complete state. A process killed
+in step 1 leaves a partial generation that no commit references; the next successful
+commit deletes it. Generations referenced by the current map, the previous map or a
+pin (a named state an epoch or checkpoint must be able to reload) are kept. Generation
+names carry the writer's id, so two writers never write the same chunk file.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from shardprune.errors import ScoreStoreError
-from shardprune.scores.snapshot import COLUMNS, FILL, fresh_columns
+from shardprune.scores import ownership
+from shardprune.scores.zarrio import write_generation
 from shardprune.storage import Storage
 
 POINTER_NAME = "scores.json"
@@ -39,6 +56,10 @@ GEN_PREFIX = "gen-"
 MAX_PINS = 8
 #: Above this many live generations a flush rewrites every chunk, so reads stay cheap.
 MAX_LIVE_GENERATIONS = 16
+COMMITS_DIR = "commits"
+#: Commit objects kept below the newest. A writer that fell further behind is still
+#: stopped, by step 3's pointer check.
+KEEP_COMMITS = 64
 
 
 @dataclass
@@ -72,6 +93,18 @@ class Commit:
     @property
     def num_chunks(self) -> int:
         return -(-self.num_samples // self.chunk_size)
+
+    def successor(self, writer: str) -> "Commit":
+        """The next commit by ``writer``: the same maps, one generation later."""
+        new = copy.deepcopy(self)
+        new.generation += 1
+        new.writer = writer
+        new.previous = list(self.chunks)
+        return new
+
+    def needs_rewrite(self) -> bool:
+        """True when so many generations are live that the next flush should rewrite every chunk."""
+        return len({self.dirs[i] for i in self.chunks if i >= 0}) >= MAX_LIVE_GENERATIONS
 
     def to_json(self) -> bytes:
         body = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **asdict(self)}
@@ -116,105 +149,158 @@ class Commit:
         self.dirs = keep
 
 
-def read_commit(storage: Storage) -> Commit | None:
-    """The current pointer, or None where no store exists yet."""
+def commit_name(generation: int) -> str:
+    """Where the commit of ``generation`` lives, below the store root."""
+    return f"{COMMITS_DIR}/{generation:010d}.json"
+
+
+def _read(storage: Storage, rel: str) -> Commit | None:
+    if not storage.is_local:
+        # s3fs answers "not found" from a cached listing; another writer may have created it since.
+        storage.fs.invalidate_cache(storage.path(rel))
     try:
-        data = storage.read_bytes(POINTER_NAME)
+        data = storage.read_bytes(rel)
     except FileNotFoundError:
         return None
-    return Commit.from_json(data, storage.path(POINTER_NAME))
+    return Commit.from_json(data, storage.path(rel))
 
 
-def write_commit(storage: Storage, commit: Commit) -> None:
-    """Replace the pointer atomically."""
-    storage.write_bytes_atomic(POINTER_NAME, commit.to_json())
+def read_commit(storage: Storage) -> Commit | None:
+    """The newest commit, or None where no store exists yet."""
+    head = _read(storage, POINTER_NAME)
+    while True:
+        newer = _read(storage, commit_name(1 if head is None else head.generation + 1))
+        if newer is None:
+            return head
+        head = newer
 
 
-def _zarr_store(storage: Storage, rel: str, *, read_only: bool) -> Any:
-    from zarr.storage import FsspecStore, LocalStore
+def keep_pins(pins: list[dict[str, Any]], protect: str | tuple[str, ...]) -> list[dict[str, Any]]:
+    """The newest ``MAX_PINS`` pins, always including those of ``protect`` if present.
 
-    if storage.is_local:
-        return LocalStore(storage.path(rel), read_only=read_only)
-    return FsspecStore.from_url(storage.path(rel), storage_options=storage.storage_options, read_only=read_only)
+    ``protect`` is the snapshot the current epoch was planned from (and the one the next
+    epoch is being planned from, near an epoch's end): a resume re-plans the epoch from
+    it, so frequent checkpoints (one pin each) must not push it out.
+    """
+    if len(pins) <= MAX_PINS:
+        return pins
+    wanted = {protect} if isinstance(protect, str) else set(protect)
+    kept = [p for p in pins if p["fingerprint"] in wanted][-len(wanted) :]
+    others = [p for p in pins if p["fingerprint"] not in wanted]
+    return kept + others[len(others) - (MAX_PINS - len(kept)) :]
 
 
-def runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal runs ``[start, end)`` of True in a bool mask."""
-    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+class _OwnCommitExists(Exception):
+    """The generation is taken by this writer's own earlier attempt (its create landed, the reply did not)."""
+
+    def __init__(self, commit: Commit) -> None:
+        super().__init__(commit.generation)
+        self.commit = commit
 
 
-def write_generation(
+def publish(storage: Storage, base: Commit, new: Commit) -> None:
+    """Steps 2-4 of the protocol: commit ``new`` (generation ``base.generation + 1``).
+
+    Raises:
+        OwnershipLostError: another writer committed after ``base``; nothing was changed.
+    """
+    pointer = _read(storage, POINTER_NAME)
+    if pointer is not None and pointer.generation > base.generation:
+        if pointer.writer == new.writer:
+            raise _OwnCommitExists(pointer)
+        # A writer so far behind that its next generation's object was already deleted.
+        raise ownership.lost(storage.url, new.writer, pointer.writer)
+    if not ownership.put_if_absent(storage, commit_name(new.generation), new.to_json()):
+        taken = _read(storage, commit_name(new.generation))
+        if taken is not None and taken.writer == new.writer:
+            raise _OwnCommitExists(taken)
+        winner = read_commit(storage)
+        raise ownership.lost(storage.url, new.writer, None if winner is None else winner.writer)
+    # The commit is durable from here on: readers find it by probing past the pointer, so a
+    # failed pointer update or clean-up is repaired by the next commit, never reported.
+    try:
+        storage.write_bytes_atomic(POINTER_NAME, new.to_json())
+        collect_garbage(storage, new)
+    except OSError:
+        pass
+
+
+def _advance(storage: Storage, base: Commit, writer: str, change: Callable[[Commit], None]) -> Commit:
+    """Publish ``base``'s successor as modified by ``change``, on top of this writer's own
+    earlier commit if an attempt whose reply was lost already took the generation."""
+    while True:
+        new = base.successor(writer)
+        change(new)
+        new.compact_dirs()
+        try:
+            publish(storage, base, new)
+            return new
+        except _OwnCommitExists as own:
+            base = own.commit
+
+
+def commit_dirty(
     storage: Storage,
-    dirname: str,
-    num_samples: int,
-    chunk_size: int,
+    base: Commit,
+    writer: str,
     blocks: list[tuple[int, dict[str, np.ndarray]]],
-) -> None:
-    """Write one generation group holding ``blocks`` (chunk-aligned sample ranges).
+    dirty: np.ndarray,
+    pin: dict[str, Any] | None = None,
+    protect: str | tuple[str, ...] = "",
+) -> Commit:
+    """Steps 1-4: write ``blocks`` (the chunks marked in ``dirty``) and commit them.
 
     Args:
         storage: The store root.
-        dirname: New generation directory name (overwritten if a failed attempt left it).
-        num_samples: Array length N.
-        chunk_size: Chunk length; every block starts on a chunk boundary.
-        blocks: ``(start_sample, {column: values})`` pairs; values end on a chunk
-            boundary or at N.
+        base: The writer's last commit.
+        writer: The writer's id.
+        blocks: ``(start_sample, {column: values})`` pairs covering the dirty chunks.
+        dirty: bool per chunk.
+        pin: ``{"fingerprint", "kind"}`` to record the committed chunk map under.
+        protect: Fingerprint(s) of pins that must survive the ``MAX_PINS`` limit.
+
+    Returns:
+        The new commit.
     """
-    import zarr
 
-    group = zarr.open_group(_zarr_store(storage, dirname, read_only=False), mode="w", zarr_format=3)
-    for name, dtype in COLUMNS:
-        arr = group.create_array(
-            name,
-            shape=(num_samples,),
-            chunks=(chunk_size,),
-            dtype=dtype,
-            fill_value=FILL[name],
-            compressors=None,
-        )
-        for start, cols in blocks:
-            values = cols[name]
-            arr[start : start + len(values)] = values
+    def change(new: Commit) -> None:
+        if dirty.any():
+            # A fresh name per attempt: a directory an earlier attempt's commit names is never rewritten.
+            dirname = f"{GEN_PREFIX}{new.generation:08d}-{writer[:8]}-{uuid.uuid4().hex[:8]}"
+            write_generation(storage, dirname, base.num_samples, base.chunk_size, blocks)
+            new.dirs.append(dirname)
+            index = len(new.dirs) - 1
+            new.chunks = [index if d else c for c, d in zip(new.chunks, dirty.tolist())]
+        if pin is not None:
+            pins = [p for p in new.pins if p["fingerprint"] != pin["fingerprint"]]
+            new.pins = keep_pins([*pins, {**pin, "chunks": list(new.chunks)}], protect)
+
+    return _advance(storage, base, writer, change)
 
 
-def read_columns(storage: Storage, commit: Commit, chunk_map: list[int]) -> dict[str, np.ndarray]:
-    """Assemble the full columns described by ``chunk_map`` (an entry per chunk)."""
-    import zarr
+def roll_back(storage: Storage, base: Commit, writer: str, fingerprint: str) -> Commit:
+    """Commit the chunk map pinned under ``fingerprint``: a rollback rewrites no chunk."""
 
-    columns = fresh_columns(commit.num_samples)
-    owners = np.asarray(chunk_map, dtype=np.int64)
-    cs = commit.chunk_size
-    for d in np.unique(owners[owners >= 0]):
-        where = storage.path(commit.dirs[int(d)])
-        try:
-            group = zarr.open_group(_zarr_store(storage, commit.dirs[int(d)], read_only=True), mode="r")
-        except FileNotFoundError as exc:
-            raise ScoreStoreError(
-                f"generation {where} referenced by {storage.path(POINTER_NAME)} is missing; "
-                "the store was modified outside shardprune"
-            ) from exc
-        for name, _ in COLUMNS:
-            arr: Any = group[name]
-            for a, b in runs(owners == d):
-                lo, hi = a * cs, min(b * cs, commit.num_samples)
-                columns[name][lo:hi] = arr[lo:hi]
-    return columns
+    def change(new: Commit) -> None:
+        new.chunks = list(next(p for p in new.pins if p["fingerprint"] == fingerprint)["chunks"])
+
+    return _advance(storage, base, writer, change)
 
 
 def collect_garbage(storage: Storage, commit: Commit) -> int:
-    """Delete generation directories no map of ``commit`` references; return how many."""
+    """Delete generations and commit objects ``commit`` no longer needs; return how many."""
     live = commit.live_dirs()
+    oldest = commit_name(max(0, commit.generation - KEEP_COMMITS)).rsplit("/", 1)[-1]
     removed = 0
     if not storage.is_local:
         # s3fs caches listings; generations written since would be missed.
         storage.fs.invalidate_cache()
-    for name in storage.listdir(""):
-        if name.startswith(GEN_PREFIX) and name not in live:
-            try:
-                storage.remove(name)
-                removed += 1
-            except FileNotFoundError:
-                pass
+    names = [n for n in storage.listdir("") if n.startswith(GEN_PREFIX) and n not in live]
+    names += [f"{COMMITS_DIR}/{n}" for n in storage.listdir(COMMITS_DIR) if n.endswith(".json") and n < oldest]
+    for name in names:
+        try:
+            storage.remove(name)
+            removed += 1
+        except FileNotFoundError:
+            pass
     return removed
