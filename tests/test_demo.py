@@ -261,18 +261,27 @@ def test_train_bench_quick_runs_the_grid_and_checks_targets(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-2000:]
     quick = tmp_path / "tb-quick"
     report = json.loads((quick / "summary.json").read_text())
-    summary = report["datasets"]["digits"]
+    summary = report["datasets"]["digits sgd normalized"]
     policies = {(r["policy"], r["ratio"]) for r in summary["rows"]}
     assert policies == {("full", 0.0), *((p, 0.5) for p in ("random", "epsilon_greedy", "ucb", "infobatch", "swdpp")),
-                        ("random=ib", 0.5)}
+                        ("random=ib", 0.5), ("short=r", 0.5), ("short=ib", 0.5)}
     assert summary["config"]["num_samples"] == 400 and summary["config"]["epochs"] == 4
-    assert [v.split(":")[0] for v in summary["verdicts"]] == ["digits infobatch r=0.5", "digits swdpp r=0.5"]
+    assert summary["config"]["optimizer"] == "sgd" and summary["config"]["lr"] == 0.2
+    assert [v.split(":")[0] for v in summary["verdicts"]] == [
+        "digits sgd normalized infobatch r=0.5", "digits sgd normalized swdpp r=0.5"
+    ]
     rows = {r["policy"]: r for r in summary["rows"]}
     # The matched random run lands on InfoBatch's visits (the linear fit is exact for random pruning).
     assert abs(rows["random=ib"]["visits_saved"][0] - rows["infobatch"]["visits_saved"][0]) < 0.02
     assert rows["full"]["visits_saved"][0] == 0.0 and rows["random"]["visits_saved"][0] > 0.3
-    assert (quick / "plots" / "train_digits.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| policy |" in (quick / "summary.md").read_text()
+    # The shorter schedule runs whole epochs: 4 epochs at random's 62.5% of the visits -> 2 or 3 epochs.
+    assert rows["short=r"]["ratio_used"][0] in (2, 3) and rows["short=r"]["visits_saved"][0] in (0.25, 0.5)
+    for name in ("random", "infobatch", "swdpp"):
+        assert {"lossless", "beats_short", "collapsed"} <= set(rows[name])
+    assert rows["random"]["beats_random"] is None and isinstance(rows["swdpp"]["beats_random"], bool)
+    assert (quick / "plots" / "train_digits_sgd_normalized.png").read_bytes()[:4] == b"\x89PNG"
+    md = (quick / "summary.md").read_text()
+    assert "| policy |" in md and "beats shorter" in md and "full, " in md
 
 
 def _train_bench() -> Any:

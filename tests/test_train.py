@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shardprune.errors import ConfigError
 from shardprune.scores import ScoreStore
-from shardprune.train import ScoreSink, weighted_loss
+from shardprune.train import DEFAULT_WEIGHT_MODE, ScoreSink, weighted_loss
 
 FP = "train-test-dataset"
 
@@ -45,23 +45,49 @@ def test_score_store_and_custom_sinks_satisfy_the_protocol(tmp_path: Path) -> No
     assert not isinstance(object(), ScoreSink)
 
 
-def test_weights_are_applied_as_a_plain_mean() -> None:
+@pytest.mark.parametrize(
+    ("mode", "value", "grad"),
+    [
+        ("unbiased", 13.0 / 4, [0.5, 0.5, 0.25, 0.25]),  # mean(w * l): w_i / B
+        ("normalized", 13.0 / 6, [2 / 6, 2 / 6, 1 / 6, 1 / 6]),  # sum(w * l) / sum(w): w_i / sum(w)
+    ],
+)
+def test_each_mode_applies_the_weights_as_documented(mode: str, value: float, grad: list[float]) -> None:
     loss = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
     batch = {"ids": torch.arange(4), "weights": torch.tensor([2.0, 2.0, 1.0, 1.0])}
-    out = weighted_loss(batch, loss, None)
-    assert out.item() == pytest.approx(13.0 / 4)  # not 13 / sum(w) = 13 / 6
+    out = weighted_loss(batch, loss, None, mode=mode)
+    assert out.item() == pytest.approx(value)
     out.backward()
     assert loss.grad is not None
-    assert loss.grad.tolist() == [0.5, 0.5, 0.25, 0.25]  # w_i / B
-    plain = weighted_loss({"ids": torch.arange(4)}, torch.tensor([1.0, 2.0, 3.0, 4.0]), None)
+    assert loss.grad.tolist() == pytest.approx(grad)
+    plain = weighted_loss({"ids": torch.arange(4)}, torch.tensor([1.0, 2.0, 3.0, 4.0]), None, mode=mode)
     assert plain.item() == 2.5
+
+
+def test_the_default_mode_is_normalized() -> None:
+    assert DEFAULT_WEIGHT_MODE == "normalized"
+    batch = {"ids": torch.arange(2), "weights": torch.tensor([1.0, 3.0])}
+    loss = torch.tensor([4.0, 8.0])
+    assert weighted_loss(batch, loss, None).item() == weighted_loss(batch, loss, None, mode="normalized").item() == 7.0
+
+
+def test_empty_batch_gives_zero_not_nan() -> None:
+    batch = {"ids": torch.zeros(0, dtype=torch.int64), "weights": torch.zeros(0)}
+    assert weighted_loss(batch, torch.zeros(0), None, mode="normalized").item() == 0.0
+
+
+@pytest.mark.parametrize("mode", ["mean", "Normalized", "", None, 1])
+def test_bad_mode_names_the_value_and_the_choices(mode: Any) -> None:
+    batch = {"ids": torch.arange(2), "weights": torch.ones(2)}
+    with pytest.raises(ConfigError, match=r"mode=.* is not one of normalized, unbiased"):
+        weighted_loss(batch, torch.ones(2), None, mode=mode)
 
 
 def test_weights_from_numpy_and_reports_are_detached(tmp_path: Path) -> None:
     rec = Recorder()
     loss = torch.tensor([0.5, 1.5], requires_grad=True)
     out = weighted_loss({"ids": np.array([7, 3]), "weights": np.array([1.0, 3.0], dtype=np.float32)}, loss, rec)
-    assert out.item() == pytest.approx((0.5 + 4.5) / 2)
+    assert out.item() == pytest.approx((0.5 + 4.5) / 4)
     assert rec.updates == [([7, 3], [0.5, 1.5])]
     with open_store(tmp_path / "s") as store:
         weighted_loss({"ids": torch.tensor([7, 3])}, loss, store)
@@ -145,8 +171,9 @@ def test_half_precision_losses(tmp_path: Path, dtype: torch.dtype) -> None:
         out = weighted_loss(batch, loss, store)
         snap = store.snapshot()
     assert out.dtype == dtype
-    expected = (batch["weights"].to(dtype) * loss.detach()).mean()
+    expected = ((batch["weights"] / 4.5).to(dtype) * loss.detach()).sum()
     assert out.item() == expected.item()
+    assert weighted_loss(batch, loss.detach(), None, mode="unbiased").item() == (batch["weights"].to(dtype) * loss.detach()).mean().item()
     out.backward()
     assert loss.grad is not None and loss.grad.dtype == dtype
     np.testing.assert_array_equal(snap.loss[[1, 2, 3, 40]], loss.detach().float().numpy())
