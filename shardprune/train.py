@@ -108,11 +108,12 @@ def apply_weights(per_sample_loss: torch.Tensor, weights: Any, mode: str) -> tor
     if w.shape != per_sample_loss.shape:
         raise ConfigError(f"batch weights have shape {tuple(w.shape)}, loss has {tuple(per_sample_loss.shape)}")
     if mode == "normalized":
-        # Normalise in float32 before casting to the loss dtype: a half-precision sum of
+        # Normalise in float32 (or wider) before casting to the loss dtype: a half-precision sum of
         # w * l can overflow where the weighted mean cannot. The clamp makes an empty
         # batch (sum(w) = 0) give 0 rather than 0 / 0 = NaN.
-        w32 = w.to(dtype=torch.float32)
-        w = w32 / w32.sum().clamp_min(torch.finfo(torch.float32).tiny)
+        calc = torch.promote_types(torch.promote_types(w.dtype, per_sample_loss.dtype), torch.float32)
+        wide = w.to(dtype=calc)
+        w = wide / wide.sum().clamp_min(torch.finfo(calc).tiny)
         w = w.to(device=per_sample_loss.device, dtype=per_sample_loss.dtype, non_blocking=True)
         return (w * per_sample_loss).sum()
     w = w.to(device=per_sample_loss.device, dtype=per_sample_loss.dtype, non_blocking=True)
