@@ -508,22 +508,25 @@ def calibrate(args: argparse.Namespace, root: Path) -> int:
     for dataset, optimizer, weighting in itertools.product(args.datasets, args.optimizers, args.weightings):
         d = DATASET_DEFAULTS[dataset]
         default_lr = d["sgd_lr"] if optimizer == "sgd" else d["lr"]
-        specs = [
-            RunSpec(
-                dataset, args.num_samples or DEFAULT_SAMPLES[dataset], policy, 0.0 if policy == "full" else args.cal_ratio,
-                seed, e, b, lr, beta, validation=True, params=params, optimizer=optimizer, weighting=weighting,
+        # full and random have no parameters to vary: they run once, as the references.
+        specs = list(
+            dict.fromkeys(
+                RunSpec(
+                    dataset, args.num_samples or DEFAULT_SAMPLES[dataset], policy,
+                    0.0 if policy == "full" else args.cal_ratio, seed, e, b, lr, beta, validation=True,
+                    params=() if policy in ("full", "random") else params, optimizer=optimizer, weighting=weighting,
+                )
+                for policy, e, b, lr, beta, params, seed in itertools.product(
+                    policies,
+                    args.cal_epochs or [d["epochs"]],
+                    args.cal_batch or [d["batch_size"]],
+                    args.cal_lr or [default_lr],
+                    args.cal_beta or [d["ema_beta"]],
+                    args.cal_params,
+                    args.seeds,
+                )
             )
-            for policy, e, b, lr, beta, params, seed in itertools.product(
-                policies,
-                args.cal_epochs or [d["epochs"]],
-                args.cal_batch or [d["batch_size"]],
-                args.cal_lr or [default_lr],
-                args.cal_beta or [d["ema_beta"]],
-                args.cal_params,
-                args.seeds,
-            )
-            if not (params and policy in ("full", "random"))
-        ]
+        )
         done = execute(specs, root, args.jobs)
         table: dict[tuple[int, int, float, float, str, float], list[float]] = {}
         for spec, doc in done.items():

@@ -223,7 +223,8 @@ def test_one_policy_run_is_deterministic(tmp_path: Path) -> None:
 
     data = prepare_data("mnist1d", tmp_path, num_samples=300)
     test = load_arrays(data.test, data.field)
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=2e-2, prune_ratio=0.5, seed=7)
+    # Mixup is off by default; turned on here so its draws are covered by the determinism check.
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=2e-2, prune_ratio=0.5, seed=7, policy_params=(("mixup_prob", 0.3),))
     first = train_policy(data, "swdpp", cfg, tmp_path / "a", test=test, progress=False)
     second = train_policy(data, "swdpp", cfg, tmp_path / "b", test=test, progress=False)
     assert first.visits == second.visits and first.visits < 3 * len(data.train)
@@ -238,16 +239,43 @@ def test_one_policy_run_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_digits_demo_runs_every_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # digits are uint8 pixels: SwDPP's Mixup needs the trainer's float transform to blend them.
     out = tmp_path / "digits"
     argv = ["demo", "--dataset", "digits", "--num-samples", "200", "--epochs", "3", "--no-progress", "--no-plot"]
     assert main([*argv, "--out", str(out), "--policies", "full,random,epsilon_greedy,ucb,infobatch,swdpp"]) == 0
     doc = json.loads((out / "results.json").read_text())
     runs = {r["policy"]: r for r in doc["runs"]}
     assert list(runs) == ["full", "random", "epsilon_greedy", "ucb", "infobatch", "swdpp"]
-    assert runs["swdpp"]["mixed_samples"] > 0
+    assert runs["swdpp"]["mixed_samples"] == 0  # SwDPP's Mixup is off by default
     assert not (out / "demo.png").exists()
     assert "swdpp" in capsys.readouterr().out
+
+
+def test_sgd_mixup_on_uint8_digits_and_divergence_is_recorded(tmp_path: Path) -> None:
+    from shardprune.demo.data import load_arrays
+    from shardprune.demo.trainer import train_policy
+
+    # digits are uint8 pixels: SwDPP's Mixup needs the trainer's float transform to blend them.
+    data = prepare_data("digits", tmp_path, num_samples=200)
+    test = load_arrays(data.test, data.field)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=1, optimizer="sgd", policy_params=(("mixup_prob", 0.5),))
+    run = train_policy(data, "swdpp", cfg, tmp_path / "mix", test=test, progress=False)
+    assert run.mixed_samples > 0 and run.diverged_epoch is None and len(run.epochs) == 2
+    assert all(math.isfinite(e.train_loss) for e in run.epochs)
+    # A step far too large for SGD: the run stops at the first non-finite loss and says so.
+    huge = TrainConfig(epochs=3, batch_size=32, lr=1e6, warmup_epochs=0, seed=1, optimizer="sgd")
+    bad = train_policy(data, "full", huge, tmp_path / "bad", test=test, progress=False)
+    assert bad.diverged_epoch is not None and len(bad.epochs) == bad.diverged_epoch + 1
+    assert RunResult.from_json(bad.to_json()).diverged_epoch == bad.diverged_epoch
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("optimizer", "rmsprop", r"optimizer='rmsprop' is not one of adam, sgd"),
+     ("weighting", "mean", r"weighting='mean' is not one of normalized, unbiased")],
+)
+def test_train_config_names_bad_optimizer_and_weighting(field: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value}).check()
 
 
 def test_train_bench_quick_runs_the_grid_and_checks_targets(tmp_path: Path) -> None:

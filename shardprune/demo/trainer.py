@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from shardprune.demo.data import DemoData
 from shardprune.errors import ConfigError
 from shardprune.models import make_model
+from shardprune.policies.decision import DEFAULT_PRUNE_RATIO
 from shardprune.train import DEFAULT_WEIGHT_MODE, WEIGHT_MODES
 from shardprune.validate import check_choice
 
@@ -73,7 +74,7 @@ class TrainConfig:
     lr: float = 2e-2
     weight_decay: float = 0.0
     warmup_epochs: float = 1.0
-    prune_ratio: float = 0.5
+    prune_ratio: float = DEFAULT_PRUNE_RATIO
     seed: int = 0
     num_workers: int = 0
     histogram_epoch: int | None = None
