@@ -259,16 +259,15 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 
 def policy_scores(policy: Any, snapshot: Any) -> np.ndarray:
-    """The per-sample score a policy plans from: InfoBatch's latest loss, SwDPP's loss EMA
-    plus ``dynamics`` times the EMA of the loss change, the loss EMA otherwise (NaN where unseen)."""
+    """The per-sample score a policy plans from: InfoBatch's latest loss, SwDPP's latest loss plus
+    ``dynamics`` times the EMA of the loss change, the loss EMA otherwise (NaN where unseen)."""
     name = getattr(policy, "name", "")
     if name == "infobatch":
         return np.asarray(snapshot.loss, dtype=np.float64)
-    score = np.asarray(snapshot.loss_ema, dtype=np.float64)
     if name == "swdpp":
         dynamics = float(getattr(policy, "params", {}).get("dynamics", 0.0))
-        score = score + dynamics * np.asarray(snapshot.delta_ema, dtype=np.float64)
-    return score
+        return np.asarray(snapshot.loss, dtype=np.float64) + dynamics * np.asarray(snapshot.delta_ema, dtype=np.float64)
+    return np.asarray(snapshot.loss_ema, dtype=np.float64)
 
 
 def train_policy(
