@@ -1,24 +1,34 @@
 #!/usr/bin/env python
 """Training benchmark: does pruning inside the loader keep accuracy for fewer visits and bytes?
 
-    python benchmarks/train_bench.py --jobs 2                      # the grid below, both datasets
-    python benchmarks/train_bench.py --quick                        # smoke run: tiny data, 4 epochs, 1 seed
-    python benchmarks/train_bench.py --datasets mnist1d --seeds 0  # a smaller grid
-    python benchmarks/train_bench.py --calibrate --datasets mnist1d # choose lr/batch/epochs on validation
+    python benchmarks/train_bench.py --jobs 2                      # the grid below: both datasets, SGD and Adam
+    python benchmarks/train_bench.py --quick                        # smoke run: tiny data, 4 epochs, 1 seed, SGD
+    python benchmarks/train_bench.py --datasets mnist1d --optimizers sgd --seeds 0,1,2   # a smaller grid
+    python benchmarks/train_bench.py --weightings unbiased --ratios 0.7 --no-short        # weighted_loss's other mode
+    python benchmarks/train_bench.py --calibrate --optimizers sgd --cal-lr 0.05,0.1,0.2  # tune on validation
+    python benchmarks/train_bench.py --calibrate --cal-policy random,swdpp --cal-ratio 0.3 --cal-params ';mixup_prob=0.1'
     python benchmarks/train_bench.py --report-only                  # re-aggregate saved runs
 
-Every (dataset, policy, prune ratio, seed) trains the dataset's model (the MNIST-1D
-paper's 1D CNN; an MLP for digits) with :func:`shardprune.demo.trainer.train_policy`
-through the streaming loader, with the same epochs, batch size and learning-rate schedule
-for every policy. Hyper-parameters are the demo's per-dataset defaults, which
-``--calibrate`` chooses with the ``full`` policy on a validation split carved from the
-train split (its last 10%); the test split is only ever used for the final numbers.
+Every (dataset, optimizer, weighting mode, policy, prune ratio, seed) trains the dataset's
+model (the MNIST-1D paper's 1D CNN; an MLP for digits) with
+:func:`shardprune.demo.trainer.train_policy` through the streaming loader, with the same
+epochs, batch size and learning-rate schedule for every policy. The optimisers are SGD with
+momentum 0.9 and Adam, each at the learning rate tuned once for *full* training on a
+validation split carved from the train split (its last 10%; ``--calibrate``); the test split
+is only ever used for the final numbers.
 
-InfoBatch's ``r`` prunes a fraction of the *well-learned* samples only, so it visits more
-than random pruning at the same ``r``. To compare at the same number of visits, each
-InfoBatch run also gets a ``random`` run whose ratio is matched to its measured visits
-(listed as ``random=ib``). SwDPP's ``r`` is the real expected fraction pruned, so random
-at the same ``r`` is already matched.
+Baselines beside every pruning row, at the same number of sample visits:
+
+* random pruning: at the same r for policies whose r is the real fraction pruned (random,
+  SwDPP); InfoBatch's r prunes only the well-learned samples, so each InfoBatch run also
+  gets a random run whose ratio is matched to its measured visits (``random=ib``);
+* "full, fewer epochs, same visits": full training for ``round(share * epochs)`` epochs,
+  where ``share`` is random's (``short=r``) or InfoBatch's (``short=ib``) measured share of
+  full's visits, with the whole learning-rate schedule compressed into those epochs.
+
+The table says per policy whether it is lossless (mean accuracy not below full's mean minus
+one std), beats random and beats the shorter schedule at the same visits (on average over the
+common seeds), and in how many seeds it collapsed (diverged, or below half of full's accuracy).
 
 Each run is written to ``<out>/runs/<name>.json`` as soon as it finishes; a cut-off
 benchmark continues where it stopped when run again with the same arguments.
