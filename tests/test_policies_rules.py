@@ -211,13 +211,13 @@ def test_swdpp_probabilities_depend_on_ranks_not_on_outliers() -> None:
 
 
 @pytest.mark.parametrize("prune_ratio", [0.3, 0.5, 0.7])
-def test_swdpp_default_weights_are_bounded_by_two_over_keep_ratio(prune_ratio: float) -> None:
-    # The first reconstruction's p_min = 0.05 gave weights of 20; the default floor is (1 - r) / 2.
+def test_swdpp_default_weights_are_bounded_by_four_thirds_over_keep_ratio(prune_ratio: float) -> None:
+    # The first reconstruction's p_min = 0.05 gave weights of 20; the default floor is 0.75 (1 - r).
     loss = (10.0 ** np.random.default_rng(8).uniform(-4, 3, 5000)).astype(np.float32)
     d = make_policy("swdpp", prune_ratio=prune_ratio).decide(make_snapshot(loss), 1, 0, 10)
     assert d.keep_prob is not None
-    assert float(d.keep_prob.min()) == pytest.approx(0.5 * (1 - prune_ratio))
-    assert float(d.weights.max()) <= 2.0 / (1 - prune_ratio) * (1 + 1e-6)
+    assert float(d.keep_prob.min()) == pytest.approx(0.75 * (1 - prune_ratio))
+    assert float(d.weights.max()) <= 4.0 / (3.0 * (1 - prune_ratio)) * (1 + 1e-6)
     assert d.info["max_weight"] == float(d.weights.max())
 
 
