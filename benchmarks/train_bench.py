@@ -1,24 +1,34 @@
 #!/usr/bin/env python
 """Training benchmark: does pruning inside the loader keep accuracy for fewer visits and bytes?
 
-    python benchmarks/train_bench.py --jobs 2                      # the grid below, both datasets
-    python benchmarks/train_bench.py --quick                        # smoke run: tiny data, 4 epochs, 1 seed
-    python benchmarks/train_bench.py --datasets mnist1d --seeds 0  # a smaller grid
-    python benchmarks/train_bench.py --calibrate --datasets mnist1d # choose lr/batch/epochs on validation
+    python benchmarks/train_bench.py --jobs 2                      # the grid below: both datasets, SGD and Adam
+    python benchmarks/train_bench.py --quick                        # smoke run: tiny data, 4 epochs, 1 seed, SGD
+    python benchmarks/train_bench.py --datasets mnist1d --optimizers sgd --seeds 0,1,2   # a smaller grid
+    python benchmarks/train_bench.py --weightings unbiased --ratios 0.7 --no-short        # weighted_loss's other mode
+    python benchmarks/train_bench.py --calibrate --optimizers sgd --cal-lr 0.05,0.1,0.2  # tune on validation
+    python benchmarks/train_bench.py --calibrate --cal-policy random,swdpp --cal-ratio 0.3 --cal-params ';mixup_prob=0.1'
     python benchmarks/train_bench.py --report-only                  # re-aggregate saved runs
 
-Every (dataset, policy, prune ratio, seed) trains the dataset's model (the MNIST-1D
-paper's 1D CNN; an MLP for digits) with :func:`shardprune.demo.trainer.train_policy`
-through the streaming loader, with the same epochs, batch size and learning-rate schedule
-for every policy. Hyper-parameters are the demo's per-dataset defaults, which
-``--calibrate`` chooses with the ``full`` policy on a validation split carved from the
-train split (its last 10%); the test split is only ever used for the final numbers.
+Every (dataset, optimizer, weighting mode, policy, prune ratio, seed) trains the dataset's
+model (the MNIST-1D paper's 1D CNN; an MLP for digits) with
+:func:`shardprune.demo.trainer.train_policy` through the streaming loader, with the same
+epochs, batch size and learning-rate schedule for every policy. The optimisers are SGD with
+momentum 0.9 and Adam, each at the learning rate tuned once for *full* training on a
+validation split carved from the train split (its last 10%; ``--calibrate``); the test split
+is only ever used for the final numbers.
 
-InfoBatch's ``r`` prunes a fraction of the *well-learned* samples only, so it visits more
-than random pruning at the same ``r``. To compare at the same number of visits, each
-InfoBatch run also gets a ``random`` run whose ratio is matched to its measured visits
-(listed as ``random=ib``). SwDPP's ``r`` is the real expected fraction pruned, so random
-at the same ``r`` is already matched.
+Baselines beside every pruning row, at the same number of sample visits:
+
+* random pruning: at the same r for policies whose r is the real fraction pruned (random,
+  SwDPP); InfoBatch's r prunes only the well-learned samples, so each InfoBatch run also
+  gets a random run whose ratio is matched to its measured visits (``random=ib``);
+* "full, fewer epochs, same visits": full training for ``round(share * epochs)`` epochs,
+  where ``share`` is random's (``short=r``) or InfoBatch's (``short=ib``) measured share of
+  full's visits, with the whole learning-rate schedule compressed into those epochs.
+
+The table says per policy whether it is lossless (mean accuracy not below full's mean minus
+one std), beats random and beats the shorter schedule at the same visits (on average over the
+common seeds), and in how many seeds it collapsed (diverged, or below half of full's accuracy).
 
 Each run is written to ``<out>/runs/<name>.json`` as soon as it finishes; a cut-off
 benchmark continues where it stopped when run again with the same arguments.
@@ -45,10 +55,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shardprune.demo.data import prepare_data  # noqa: E402
-from shardprune.demo.trainer import DATASET_DEFAULTS, TrainConfig  # noqa: E402
+from shardprune.demo.trainer import DATASET_DEFAULTS, OPTIMIZERS, TrainConfig  # noqa: E402
+from shardprune.train import DEFAULT_WEIGHT_MODE, WEIGHT_MODES  # noqa: E402
 
 PRUNING_POLICIES = ("random", "epsilon_greedy", "ucb", "infobatch", "swdpp")
 MATCHED = "random=ib"
+#: Labels of "full, fewer epochs, same visits": matched to random's (and SwDPP's) visits at r,
+#: or to InfoBatch's.
+SHORT = "short=r"
+SHORT_IB = "short=ib"
 DEFAULT_SAMPLES = {"mnist1d": 5000, "digits": None}
 
 
@@ -68,6 +83,8 @@ class RunSpec:
     validation: bool = False
     label: str = ""
     params: tuple[tuple[str, float | None], ...] = ()
+    optimizer: str = "adam"
+    weighting: str = DEFAULT_WEIGHT_MODE
 
     @property
     def name(self) -> str:
@@ -77,6 +94,7 @@ class RunSpec:
         return (
             f"{self.dataset}{val}-n{self.num_samples or 'all'}-{tag}-r{self.prune_ratio:.4f}-s{self.seed}"
             f"-e{self.epochs}-b{self.batch_size}-lr{self.lr:g}-beta{self.ema_beta:g}{extra}"
+            f"-{self.optimizer}-{self.weighting}"
         ).replace("=", "_")
 
     @property
@@ -95,6 +113,8 @@ class RunSpec:
             seed=self.seed,
             ema_beta=self.ema_beta,
             policy_params=self.params,
+            optimizer=self.optimizer,
+            weighting=self.weighting,
         )
 
 
@@ -204,7 +224,9 @@ def matched_ratio(full_visits: float, random_visits: float, random_ratio: float,
 # ----------------------------------------------------------------------------- grid
 
 
-def grid(args: argparse.Namespace, dataset: str) -> tuple[list[RunSpec], RunSpec]:
+def grid(
+    args: argparse.Namespace, dataset: str, optimizer: str = "adam", weighting: str = DEFAULT_WEIGHT_MODE
+) -> tuple[list[RunSpec], RunSpec]:
     d = DATASET_DEFAULTS[dataset]
     base = RunSpec(
         dataset=dataset,
@@ -214,8 +236,10 @@ def grid(args: argparse.Namespace, dataset: str) -> tuple[list[RunSpec], RunSpec
         seed=0,
         epochs=args.epochs or d["epochs"],
         batch_size=d["batch_size"],
-        lr=d["lr"],
+        lr=d["sgd_lr"] if optimizer == "sgd" else d["lr"],
         ema_beta=d["ema_beta"],
+        optimizer=optimizer,
+        weighting=weighting,
     )
     specs = []
     for seed in args.seeds:
@@ -243,6 +267,30 @@ def matched_specs(base: RunSpec, args: argparse.Namespace, done: dict[RunSpec, d
     return out
 
 
+def short_specs(base: RunSpec, args: argparse.Namespace, done: dict[RunSpec, dict[str, Any]]) -> list[RunSpec]:
+    """"Full, fewer epochs, same visits": a full run whose epoch count gives random's visits at each r
+    (SwDPP's too: its r is the real fraction pruned), and one for InfoBatch's measured visits.
+
+    The learning-rate schedule is a function of progress through the run's own epochs, so the
+    shorter run sweeps the whole schedule; epochs are whole, so visits match to 1 / epochs.
+    """
+    out: list[RunSpec] = []
+    if not args.short:
+        return out
+    for seed, ratio in itertools.product(args.seeds, args.ratios):
+        full = done.get(replace(base, seed=seed))
+        if not full:
+            continue
+        for policy, label in (("random", SHORT), ("infobatch", SHORT_IB)):
+            run = done.get(replace(base, seed=seed, policy=policy, prune_ratio=ratio))
+            if policy not in args.policies or not run:
+                continue
+            share = run["result"]["visits"] / full["result"]["visits"]
+            epochs = max(1, int(round(share * base.epochs)))
+            out.append(replace(base, seed=seed, epochs=epochs, label=f"{label}{ratio:g}"))
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -260,15 +308,20 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 def summarize(dataset: str, base: RunSpec, args: argparse.Namespace, done: dict[RunSpec, dict[str, Any]]) -> dict[str, Any]:
     """Per (policy, ratio): mean and std over seeds of accuracy and savings relative to full."""
-    fulls = {s.seed: d for s, d in done.items() if s.dataset == dataset and s.policy == "full" and not s.label}
+
+    def same_setting(spec: RunSpec) -> bool:
+        # The shorter schedule differs from full only in its epochs.
+        epochs = base.epochs if spec.label.startswith(("short=",)) else spec.epochs
+        return replace(spec, policy=base.policy, prune_ratio=0.0, label="", seed=base.seed, params=(), epochs=epochs) == base
+
+    fulls = {s.seed: d for s, d in done.items() if same_setting(s) and s.policy == "full" and not s.label}
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for spec, doc in done.items():
-        if spec.dataset != dataset or spec.seed not in fulls or spec.validation:
+        if spec.seed not in fulls or spec.validation or not same_setting(spec):
             continue
-        if replace(spec, policy=base.policy, prune_ratio=0.0, label="", seed=base.seed, params=()) != base:
-            continue
-        if spec.label.startswith(MATCHED):
-            key = (MATCHED, float(spec.label[len(MATCHED) :]))
+        label = next((lab for lab in (MATCHED, SHORT_IB, SHORT) if spec.label.startswith(lab)), None)
+        if label is not None:
+            key = (label, float(spec.label[len(label) :]))
         else:
             key = (spec.display, spec.prune_ratio)
         full = fulls[spec.seed]["result"]
@@ -277,7 +330,8 @@ def summarize(dataset: str, base: RunSpec, args: argparse.Namespace, done: dict[
             {
                 "seed": spec.seed,
                 "acc": r["final_test_acc"],
-                "ratio_used": spec.prune_ratio,
+                "diverged": r.get("diverged_epoch") is not None,
+                "ratio_used": spec.prune_ratio if not spec.label.startswith("short=") else spec.epochs,
                 "visits_saved": 1 - r["visits"] / full["visits"],
                 "bytes_not_read": r["bytes_not_read"] / max(r["bytes_read"] + r["bytes_not_read"], 1),
                 "bytes_saved": 1 - r["bytes_read"] / full["bytes_read"],
@@ -296,55 +350,110 @@ def summarize(dataset: str, base: RunSpec, args: argparse.Namespace, done: dict[
         ):
             row[k] = _mean_std([i[k] for i in items])
         row["acc_by_seed"] = {i["seed"]: i["acc"] for i in items}
+        row["diverged"] = sum(i["diverged"] for i in items)
         rows.append(row)
     return {"dataset": dataset, "rows": rows}
 
 
+def _peer(rows: list[dict[str, Any]], name: str, ratio: float) -> dict[str, Any] | None:
+    return next((p for p in rows if p["policy"] == name and p["ratio"] == ratio), None)
+
+
+def _beats(row: dict[str, Any], peer: dict[str, Any] | None) -> tuple[bool | None, list[float]]:
+    """Whether ``row`` is ahead of ``peer`` on average over their common seeds, and the per-seed gaps."""
+    if peer is None:
+        return None, []
+    seeds = sorted(set(row["acc_by_seed"]) & set(peer["acc_by_seed"]))
+    diffs = [row["acc_by_seed"][s] - peer["acc_by_seed"][s] for s in seeds]
+    return (bool(diffs) and float(np.mean(diffs)) > 0), diffs
+
+
+def judge(summary: dict[str, Any]) -> None:
+    """Add to every pruning row: lossless, beats random and the shorter schedule at the same visits, collapsed.
+
+    * lossless: mean accuracy not below full's mean minus full's std (above is fine);
+    * beats random: ahead of random pruning at the same visits (random at the same r for
+      every policy whose r is the real fraction pruned; for InfoBatch, random at the ratio
+      matched to its measured visits), on average over the common seeds;
+    * beats shorter: ahead of full training for fewer epochs at the same visits;
+    * collapsed: seeds that diverged or ended below half of full's mean accuracy.
+    """
+    rows = summary["rows"]
+    full = next((r for r in rows if r["policy"] == "full"), None)
+    if full is None:
+        return
+    f_mean, f_std = full["acc"]
+    for r in rows:
+        if r["policy"] == "full" or r["policy"] in (MATCHED, SHORT, SHORT_IB):
+            continue
+        ratio = r["ratio"]
+        is_ib = r["policy"].split("(")[0] == "infobatch"
+        random_peer = _peer(rows, MATCHED, ratio) if is_ib else (None if r["policy"] == "random" else _peer(rows, "random", ratio))
+        short_peer = _peer(rows, SHORT_IB if is_ib else SHORT, ratio)
+        r["lossless"] = bool(r["acc"][0] >= f_mean - f_std)
+        r["beats_random"], r["random_gaps"] = _beats(r, random_peer)
+        r["beats_short"], r["short_gaps"] = _beats(r, short_peer)
+        r["collapsed"] = int(sum(a < 0.5 * f_mean for a in r["acc_by_seed"].values()))
+
+
 def verdicts(summary: dict[str, Any]) -> list[str]:
-    """The targets, checked: >= 30% visits saved, accuracy within one std of full, better than random."""
+    """The targets, checked for InfoBatch and SwDPP: lossless, ahead of random and of the shorter schedule."""
     rows = summary["rows"]
     full = next((r for r in rows if r["policy"] == "full"), None)
     if full is None:
         return []
+    judge(summary)
     f_mean, f_std = full["acc"]
     out = []
     for r in rows:
         if r["policy"].split("(")[0] not in ("infobatch", "swdpp"):
             continue
-        ratio = r["ratio"]
-        peer_name = MATCHED if r["policy"] == "infobatch" else "random"
-        peer = next((p for p in rows if p["policy"] == peer_name and p["ratio"] == ratio), None)
-        saved = r["visits_saved"][0]
-        # "Lossless": not more than one std of full below full's mean (above is fine).
-        within = r["acc"][0] >= f_mean - f_std
-        seeds = sorted(set(r["acc_by_seed"]) & set(peer["acc_by_seed"])) if peer else []
-        diffs = [r["acc_by_seed"][s] - peer["acc_by_seed"][s] for s in seeds] if peer else []
-        beats = bool(diffs) and float(np.mean(diffs)) > 0
-        ok = saved >= 0.30 and within and beats
-        diff_txt = f"{np.mean(diffs) * 100:+.2f} pt (per seed {', '.join(f'{d * 100:+.1f}' for d in diffs)})" if diffs else "n/a"
+        peer_name = MATCHED if r["policy"].startswith("infobatch") else "random"
+
+        def gaps(values: list[float]) -> str:
+            if not values:
+                return "n/a"
+            return f"{np.mean(values) * 100:+.2f} pt (per seed {', '.join(f'{d * 100:+.1f}' for d in values)})"
+
         out.append(
-            f"{summary['dataset']} {r['policy']} r={ratio:g}: visits saved {saved:.1%} "
-            f"({'>=' if saved >= 0.30 else '<'} 30%), acc {r['acc'][0]:.4f} vs full {f_mean:.4f} +- {f_std:.4f} "
-            f"({'not below' if within else 'below'} full - 1 std), vs {peer_name} at the same visits: {diff_txt} -> "
-            f"{'MET' if ok else 'MISSED'}"
+            f"{summary['dataset']} {r['policy']} r={r['ratio']:g}: visits saved {r['visits_saved'][0]:.1%}, "
+            f"acc {r['acc'][0]:.4f} vs full {f_mean:.4f} +- {f_std:.4f} -> "
+            f"{'lossless' if r['lossless'] else 'NOT lossless'}; vs {peer_name} at the same visits: "
+            f"{gaps(r['random_gaps'])}; vs the shorter schedule: {gaps(r['short_gaps'])}"
+            + (f"; COLLAPSED in {r['collapsed']} seed(s)" if r["collapsed"] else "")
         )
     return out
 
 
+def _yes(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("yes" if flag else "no")
+
+
 def markdown(summary: dict[str, Any]) -> str:
+    judge(summary)
     head = (
-        "| policy | r | seeds | test acc (mean ± std) | visits saved | bytes not read | wall time saved | "
-        "CPU time saved | wall s |\n"
-        "|---|---|---|---|---|---|---|---|---|"
+        "| policy | r | seeds | test acc (mean ± std) | visits saved | lossless | beats random | beats shorter | "
+        "collapsed | bytes not read | CPU time saved | wall s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in summary["rows"]:
-        name = r["policy"] if r["policy"] != MATCHED else f"random matched to infobatch (r≈{r['ratio_used'][0]:.2f})"
+        name = r["policy"]
+        if name == MATCHED:
+            name = f"random matched to infobatch (r≈{r['ratio_used'][0]:.2f})"
+        elif name in (SHORT, SHORT_IB):
+            peer = "random/swdpp" if name == SHORT else "infobatch"
+            name = f"full, {r['ratio_used'][0]:.3g} epochs (visits of {peer})"
+        flags = (
+            f"{_yes(r.get('lossless'))} | {_yes(r.get('beats_random'))} | {_yes(r.get('beats_short'))} | "
+            f"{r.get('collapsed', 0)}/{len(r['seeds'])}"
+            if "lossless" in r
+            else " |  |  | "
+        )
         lines.append(
             f"| {name} | {r['ratio']:g} | {len(r['seeds'])} | {r['acc'][0]:.4f} ± {r['acc'][1]:.4f} | "
-            f"{r['visits_saved'][0]:.1%} | {r['bytes_not_read'][0]:.1%} ({r['bytes_not_read_mib'][0]:.1f} MiB) | "
-            f"{r['wall_saved'][0]:+.1%} ± {r['wall_saved'][1]:.1%} | {r['cpu_saved'][0]:+.1%} ± {r['cpu_saved'][1]:.1%} | "
-            f"{r['wall_s'][0]:.1f} |"
+            f"{r['visits_saved'][0]:.1%} | {flags} | {r['bytes_not_read'][0]:.1%} | "
+            f"{r['cpu_saved'][0]:+.1%} ± {r['cpu_saved'][1]:.1%} | {r['wall_s'][0]:.1f} |"
         )
     return "\n".join(lines)
 
@@ -399,49 +508,57 @@ def summary_markdown(report: dict[str, Any]) -> str:
 
 
 def calibrate(args: argparse.Namespace, root: Path) -> int:
-    """Grid over (epochs, batch size, lr, ema_beta) on the validation split, for one policy."""
+    """Grid over (epochs, batch size, lr, ema_beta, policy parameters) on the validation split.
+
+    ``--cal-policy`` may list several policies (``full,random,swdpp``); ``--cal-params``
+    alternatives apply to the policies other than ``full`` and ``random``.
+    """
     out_lines = []
-    for dataset in args.datasets:
+    policies = args.cal_policy.split(",")
+    for dataset, optimizer, weighting in itertools.product(args.datasets, args.optimizers, args.weightings):
         d = DATASET_DEFAULTS[dataset]
-        ratio = 0.0 if args.cal_policy == "full" else args.cal_ratio
-        specs = [
-            RunSpec(
-                dataset, args.num_samples or DEFAULT_SAMPLES[dataset], args.cal_policy, ratio, seed, e, b, lr, beta,
-                validation=True, params=params,
+        default_lr = d["sgd_lr"] if optimizer == "sgd" else d["lr"]
+        # full and random have no parameters to vary: they run once, as the references.
+        specs = list(
+            dict.fromkeys(
+                RunSpec(
+                    dataset, args.num_samples or DEFAULT_SAMPLES[dataset], policy,
+                    0.0 if policy == "full" else args.cal_ratio, seed, e, b, lr, beta, validation=True,
+                    params=() if policy in ("full", "random") else params, optimizer=optimizer, weighting=weighting,
+                )
+                for policy, e, b, lr, beta, params, seed in itertools.product(
+                    policies,
+                    args.cal_epochs or [d["epochs"]],
+                    args.cal_batch or [d["batch_size"]],
+                    args.cal_lr or [default_lr],
+                    args.cal_beta or [d["ema_beta"]],
+                    args.cal_params,
+                    args.seeds,
+                )
             )
-            for e, b, lr, beta, params, seed in itertools.product(
-                args.cal_epochs or [d["epochs"]],
-                args.cal_batch or [d["batch_size"]],
-                args.cal_lr or [d["lr"]],
-                args.cal_beta or [d["ema_beta"]],
-                args.cal_params,
-                args.seeds,
-            )
-        ]
+        )
         done = execute(specs, root, args.jobs)
-        table: dict[tuple[int, int, float, float, str], list[float]] = {}
+        table: dict[tuple[int, int, float, float, str, float], list[float]] = {}
         for spec, doc in done.items():
-            key = (spec.epochs, spec.batch_size, spec.lr, spec.ema_beta, spec.display)
+            key = (spec.epochs, spec.batch_size, spec.lr, spec.ema_beta, spec.display, spec.prune_ratio)
             table.setdefault(key, []).append(doc["result"]["final_test_acc"])
         out_lines.append(
-            f"\n{dataset}: validation accuracy (last 10% of train), policy {args.cal_policy} r={ratio:g}, "
-            f"seeds {args.seeds}"
+            f"\n{dataset} {optimizer} {weighting}: validation accuracy (last 10% of train), seeds {args.seeds}"
         )
         out_lines.append(
-            "| epochs | batch | lr | ema_beta | policy | val acc mean ± std |\n|---|---|---|---|---|---|"
+            "| epochs | batch | lr | ema_beta | policy | r | val acc mean ± std | per seed |\n|---|---|---|---|---|---|---|---|"
         )
         ranked = sorted(table.items(), key=lambda kv: -float(np.mean(kv[1])))
-        for (e, b, lr, beta, shown), accs in ranked:
-            m, s = _mean_std(accs)
-            out_lines.append(f"| {e} | {b} | {lr:g} | {beta:g} | {shown} | {m:.4f} ± {s:.4f} |")
-        (e, b, lr, beta, shown), _ = ranked[0]
-        out_lines.append(
-            f"best on validation: epochs {e}, batch {b}, lr {lr:g}, ema_beta {beta:g}, {shown}; defaults now: {d}"
-        )
+        for (e, b, lr, beta, shown, ratio), accs in ranked:
+            m, sd = _mean_std(accs)
+            out_lines.append(
+                f"| {e} | {b} | {lr:g} | {beta:g} | {shown} | {ratio:g} | {m:.4f} ± {sd:.4f} | "
+                f"{' '.join(f'{a:.3f}' for a in accs)} |"
+            )
     text = "\n".join(out_lines)
     print(text)
     with open(root / "calibration.md", "a") as f:
-        f.write(text + "\n")
+        f.write(f"\ncommand: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`\n" + text + "\n")
     return 0
 
 
@@ -465,6 +582,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--policies", type=lambda t: t.split(","), default=list(PRUNING_POLICIES), help="pruning policies (full always runs)"
     )
     ap.add_argument("--epochs", type=int, default=None, help="override the per-dataset epochs")
+    ap.add_argument(
+        "--optimizers", type=lambda t: t.split(","), default=["sgd", "adam"],
+        help="comma-separated: sgd (momentum 0.9, the dataset's sgd_lr) and/or adam (default both)",
+    )
+    ap.add_argument(
+        "--weightings", type=lambda t: t.split(","), default=[DEFAULT_WEIGHT_MODE],
+        help=f"weighted_loss modes to run, from {', '.join(WEIGHT_MODES)} (default {DEFAULT_WEIGHT_MODE})",
+    )
+    ap.add_argument(
+        "--no-short", dest="short", action="store_false",
+        help="skip the rows 'full, fewer epochs, same visits' (run by default)",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="parallel training processes, at most 2 (default 2)")
     ap.add_argument("--out", type=Path, default=REPO / ".bench" / "train", help="runs and data (default .bench/train)")
     ap.add_argument("--plots", type=Path, default=REPO / "benchmarks" / "plots", help="PNG directory")
@@ -472,7 +601,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 400 samples, 4 epochs, seed 0, r=0.5, under <out>-quick (numbers mean nothing)",
+        help="smoke run: 400 samples, 4 epochs, seed 0, r=0.5, SGD, under <out>-quick (numbers mean nothing)",
     )
     ap.add_argument("--calibrate", action="store_true", help="choose hyper-parameters on the validation split")
     ap.add_argument("--cal-epochs", type=ints, default=None, help="calibration epochs grid (default: the dataset's)")
@@ -494,8 +623,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run POLICY with these parameters beside its defaults, at every ratio and seed "
         "(repeatable; e.g. swdpp:mixup_prob=0)",
     )
-    ap.add_argument("--cal-policy", default="full", help="policy to calibrate with (default full)")
-    ap.add_argument("--cal-ratio", type=float, default=0.5, help="its prune ratio (default 0.5)")
+    ap.add_argument("--cal-policy", default="full", help="policies to calibrate, comma-separated (default full)")
+    ap.add_argument("--cal-ratio", type=float, default=0.5, help="their prune ratio (default 0.5)")
     args = ap.parse_args(argv)
     extra: dict[str, list[tuple[tuple[str, float | None], ...]]] = {}
     for item in args.policy_params:
@@ -509,10 +638,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.policy_params = extra
     if args.quick:
         args.num_samples, args.epochs, args.seeds, args.ratios = 400, 4, [0], [0.5]
+        args.optimizers = ["sgd"]
         args.out = args.out.with_name(args.out.name + "-quick")
         args.plots = args.out / "plots"
     if not 1 <= args.jobs <= 2:
         ap.error(f"--jobs {args.jobs}: use 1 or 2 (the machine has 2 cores shared with other work)")
+    for name, values, allowed in (("--optimizers", args.optimizers, OPTIMIZERS), ("--weightings", args.weightings, WEIGHT_MODES)):
+        if not values or set(values) - set(allowed):
+            ap.error(f"{name} {','.join(values)}: expected names from {', '.join(allowed)}")
     unknown = sorted(set(args.datasets) - set(DATASET_DEFAULTS))
     if unknown:
         ap.error(f"--datasets {unknown}: expected names from {sorted(DATASET_DEFAULTS)}")
@@ -527,18 +660,19 @@ def main(argv: list[str] | None = None) -> int:
         return calibrate(args, root)
     t0 = time.perf_counter()
     report: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "datasets": {}}
-    for dataset in args.datasets:
-        specs, base = grid(args, dataset)
+    for dataset, optimizer, weighting in itertools.product(args.datasets, args.optimizers, args.weightings):
+        setting = f"{dataset} {optimizer} {weighting}"
+        specs, base = grid(args, dataset, optimizer, weighting)
         done = load_done(root, specs) if args.report_only else execute(specs, root, args.jobs)
-        matched = matched_specs(base, args, done)
-        done.update(load_done(root, matched) if args.report_only else execute(matched, root, args.jobs))
-        summary = summarize(dataset, base, args, done)
+        extra = matched_specs(base, args, done) + short_specs(base, args, done)
+        done.update(load_done(root, extra) if args.report_only else execute(extra, root, args.jobs))
+        summary = summarize(setting, base, args, done)
         summary["config"] = {k: v for k, v in asdict(base).items() if k not in ("policy", "prune_ratio", "seed", "label")}
         summary["verdicts"] = verdicts(summary)
-        report["datasets"][dataset] = summary
-        png = args.plots / f"train_{dataset}.png"
+        report["datasets"][setting] = summary
+        png = args.plots / f"train_{dataset}_{optimizer}_{weighting}.png"
         plot(summary, png)
-        print(f"\n## {dataset} ({summary['config']})\n")
+        print(f"\n## {setting} ({summary['config']})\n")
         print(markdown(summary))
         print()
         for line in summary["verdicts"]:

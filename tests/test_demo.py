@@ -223,7 +223,8 @@ def test_one_policy_run_is_deterministic(tmp_path: Path) -> None:
 
     data = prepare_data("mnist1d", tmp_path, num_samples=300)
     test = load_arrays(data.test, data.field)
-    cfg = TrainConfig(epochs=3, batch_size=32, lr=2e-2, prune_ratio=0.5, seed=7)
+    # Mixup is off by default; turned on here so its draws are covered by the determinism check.
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=2e-2, prune_ratio=0.5, seed=7, policy_params=(("mixup_prob", 0.3),))
     first = train_policy(data, "swdpp", cfg, tmp_path / "a", test=test, progress=False)
     second = train_policy(data, "swdpp", cfg, tmp_path / "b", test=test, progress=False)
     assert first.visits == second.visits and first.visits < 3 * len(data.train)
@@ -238,16 +239,43 @@ def test_one_policy_run_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_digits_demo_runs_every_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # digits are uint8 pixels: SwDPP's Mixup needs the trainer's float transform to blend them.
     out = tmp_path / "digits"
     argv = ["demo", "--dataset", "digits", "--num-samples", "200", "--epochs", "3", "--no-progress", "--no-plot"]
     assert main([*argv, "--out", str(out), "--policies", "full,random,epsilon_greedy,ucb,infobatch,swdpp"]) == 0
     doc = json.loads((out / "results.json").read_text())
     runs = {r["policy"]: r for r in doc["runs"]}
     assert list(runs) == ["full", "random", "epsilon_greedy", "ucb", "infobatch", "swdpp"]
-    assert runs["swdpp"]["mixed_samples"] > 0
+    assert runs["swdpp"]["mixed_samples"] == 0  # SwDPP's Mixup is off by default
     assert not (out / "demo.png").exists()
     assert "swdpp" in capsys.readouterr().out
+
+
+def test_sgd_mixup_on_uint8_digits_and_divergence_is_recorded(tmp_path: Path) -> None:
+    from shardprune.demo.data import load_arrays
+    from shardprune.demo.trainer import train_policy
+
+    # digits are uint8 pixels: SwDPP's Mixup needs the trainer's float transform to blend them.
+    data = prepare_data("digits", tmp_path, num_samples=200)
+    test = load_arrays(data.test, data.field)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=1, optimizer="sgd", policy_params=(("mixup_prob", 0.5),))
+    run = train_policy(data, "swdpp", cfg, tmp_path / "mix", test=test, progress=False)
+    assert run.mixed_samples > 0 and run.diverged_epoch is None and len(run.epochs) == 2
+    assert all(math.isfinite(e.train_loss) for e in run.epochs)
+    # A step far too large for SGD: the run stops at the first non-finite loss and says so.
+    huge = TrainConfig(epochs=3, batch_size=32, lr=1e6, warmup_epochs=0, seed=1, optimizer="sgd")
+    bad = train_policy(data, "full", huge, tmp_path / "bad", test=test, progress=False)
+    assert bad.diverged_epoch is not None and len(bad.epochs) == bad.diverged_epoch + 1
+    assert RunResult.from_json(bad.to_json()).diverged_epoch == bad.diverged_epoch
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("optimizer", "rmsprop", r"optimizer='rmsprop' is not one of adam, sgd"),
+     ("weighting", "mean", r"weighting='mean' is not one of normalized, unbiased")],
+)
+def test_train_config_names_bad_optimizer_and_weighting(field: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value}).check()
 
 
 def test_train_bench_quick_runs_the_grid_and_checks_targets(tmp_path: Path) -> None:
@@ -261,18 +289,27 @@ def test_train_bench_quick_runs_the_grid_and_checks_targets(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-2000:]
     quick = tmp_path / "tb-quick"
     report = json.loads((quick / "summary.json").read_text())
-    summary = report["datasets"]["digits"]
+    summary = report["datasets"]["digits sgd normalized"]
     policies = {(r["policy"], r["ratio"]) for r in summary["rows"]}
     assert policies == {("full", 0.0), *((p, 0.5) for p in ("random", "epsilon_greedy", "ucb", "infobatch", "swdpp")),
-                        ("random=ib", 0.5)}
+                        ("random=ib", 0.5), ("short=r", 0.5), ("short=ib", 0.5)}
     assert summary["config"]["num_samples"] == 400 and summary["config"]["epochs"] == 4
-    assert [v.split(":")[0] for v in summary["verdicts"]] == ["digits infobatch r=0.5", "digits swdpp r=0.5"]
+    assert summary["config"]["optimizer"] == "sgd" and summary["config"]["lr"] == 0.2
+    assert [v.split(":")[0] for v in summary["verdicts"]] == [
+        "digits sgd normalized infobatch r=0.5", "digits sgd normalized swdpp r=0.5"
+    ]
     rows = {r["policy"]: r for r in summary["rows"]}
     # The matched random run lands on InfoBatch's visits (the linear fit is exact for random pruning).
     assert abs(rows["random=ib"]["visits_saved"][0] - rows["infobatch"]["visits_saved"][0]) < 0.02
     assert rows["full"]["visits_saved"][0] == 0.0 and rows["random"]["visits_saved"][0] > 0.3
-    assert (quick / "plots" / "train_digits.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| policy |" in (quick / "summary.md").read_text()
+    # The shorter schedule runs whole epochs: 4 epochs at random's 62.5% of the visits -> 2 or 3 epochs.
+    assert rows["short=r"]["ratio_used"][0] in (2, 3) and rows["short=r"]["visits_saved"][0] in (0.25, 0.5)
+    for name in ("random", "infobatch", "swdpp"):
+        assert {"lossless", "beats_short", "collapsed"} <= set(rows[name])
+    assert rows["random"]["beats_random"] is None and isinstance(rows["swdpp"]["beats_random"], bool)
+    assert (quick / "plots" / "train_digits_sgd_normalized.png").read_bytes()[:4] == b"\x89PNG"
+    md = (quick / "summary.md").read_text()
+    assert "| policy |" in md and "beats shorter" in md and "full, " in md
 
 
 def _train_bench() -> Any:

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy.stats import rankdata
 
 from shardprune.errors import CheckpointMismatchError, ConfigError
-from shardprune.policies import POLICIES, make_policy
+from shardprune.policies import DEFAULT_PRUNE_RATIO, POLICIES, make_policy, parse_policy_name
+from shardprune.policies import swdpp
 from shardprune.policies.swdpp import solve_keep_prob
 from shardprune.scores.snapshot import ScoreSnapshot, fresh_columns
 
@@ -167,22 +169,56 @@ def test_greedy_keeps_the_top_scores_plus_an_explored_share(name: str, epsilon: 
 def test_swdpp_probabilities_follow_the_formula(alpha: float, prune_ratio: float) -> None:
     rng = np.random.default_rng(3)
     n = 2000
-    ema = rng.gamma(2.0, 1.0, n).astype(np.float32)
+    loss = rng.gamma(2.0, 1.0, n).astype(np.float32)
+    loss[:50] = loss[50:100]  # ties share their mean rank
     delta = rng.gamma(1.0, 0.3, n).astype(np.float32)
     seen = rng.random(n) < 0.95
-    snap = make_snapshot(ema, seen, ema=ema, delta=delta)
-    policy = make_policy("swdpp", prune_ratio=prune_ratio, alpha=alpha, dynamics=0.5, p_min=0.02)
+    snap = make_snapshot(loss, seen, ema=rng.gamma(2.0, 1.0, n).astype(np.float32), delta=delta)
+    p_min = 0.02
+    policy = make_policy("swdpp", prune_ratio=prune_ratio, alpha=alpha, dynamics=0.5, p_min=p_min)
     d = policy.decide(snap, 0, 5, 10)
     p = d.keep_prob
     assert p is not None
-    s = ema[seen].astype(np.float64) + 0.5 * delta[seen]
-    ref = np.clip(d.info["c"] * (s / s.mean()) ** alpha, 0.02, 1.0)
+    s = loss[seen] + np.float32(0.5) * delta[seen]  # the latest loss, not the EMA
+    u = (rankdata(s, method="average") - 0.5) / seen.sum()
+    ref = np.clip(d.info["c"] * u**alpha, p_min, 1.0)
     np.testing.assert_allclose(p[seen], ref, rtol=2e-5, atol=1e-6)
     assert (p[~seen] == 1.0).all()
     assert float(p.astype(np.float64).sum()) == pytest.approx((1 - prune_ratio) * n, rel=1e-5)
     kept = d.keep
     np.testing.assert_allclose(d.weights[kept], 1.0 / p[kept], rtol=1e-6)
     assert (d.weights[~kept] == 1.0).all()
+
+
+def test_swdpp_scores_follow_the_latest_loss_not_the_ema() -> None:
+    # The EMA still remembers an early order (sample 0 hardest); the latest losses say the opposite.
+    n = 10
+    latest = np.linspace(0.1, 1.0, n).astype(np.float32)
+    snap = make_snapshot(latest, ema=latest[::-1].copy())
+    p = make_policy("swdpp", prune_ratio=0.5, dynamics=0.0).decide(snap, 1, 0, 10).keep_prob
+    assert p is not None and (np.diff(p) >= 0).all() and p[0] < p[-1]
+
+
+def test_swdpp_probabilities_depend_on_ranks_not_on_outliers() -> None:
+    loss = np.linspace(0.1, 1.0, 20).astype(np.float32)
+    outlier = loss.copy()
+    outlier[-1] = 1e6  # one exploding loss: under loss ratios it would take the whole budget
+    policy = make_policy("swdpp", prune_ratio=0.5)
+    a = policy.decide(make_snapshot(loss), 1, 0, 10)
+    b = policy.decide(make_snapshot(outlier), 1, 0, 10)
+    assert a.keep_prob is not None and b.keep_prob is not None
+    assert a.keep_prob.tolist() == b.keep_prob.tolist()
+
+
+@pytest.mark.parametrize("prune_ratio", [0.3, 0.5, 0.7])
+def test_swdpp_default_weights_are_bounded_by_four_thirds_over_keep_ratio(prune_ratio: float) -> None:
+    # The first reconstruction's p_min = 0.05 gave weights of 20; the default floor is 0.75 (1 - r).
+    loss = (10.0 ** np.random.default_rng(8).uniform(-4, 3, 5000)).astype(np.float32)
+    d = make_policy("swdpp", prune_ratio=prune_ratio).decide(make_snapshot(loss), 1, 0, 10)
+    assert d.keep_prob is not None
+    assert float(d.keep_prob.min()) == pytest.approx(0.75 * (1 - prune_ratio))
+    assert float(d.weights.max()) <= 4.0 / (3.0 * (1 - prune_ratio)) * (1 + 1e-6)
+    assert d.info["max_weight"] == float(d.weights.max())
 
 
 def test_swdpp_keeps_each_sample_with_its_probability() -> None:
@@ -228,9 +264,9 @@ def test_swdpp_budget_and_weight_clipping_are_reported() -> None:
 def test_swdpp_mixup_parameters() -> None:
     snap = make_snapshot(np.linspace(0.1, 1.0, 10).astype(np.float32))
     d = make_policy("swdpp", prune_ratio=0.6).decide(snap, 0, 0, 10)
-    assert d.mixup_prob == pytest.approx(0.3) and d.mixup_alpha == 1.0
-    d = make_policy("swdpp", prune_ratio=0.6, mixup_prob=0.9, mixup_alpha=0.2).decide(snap, 0, 0, 10)
-    assert d.mixup_prob == 0.9 and d.mixup_alpha == 0.2
+    assert d.mixup_prob == swdpp.MIXUP_PROB and d.mixup_alpha == swdpp.MIXUP_ALPHA
+    d = make_policy("swdpp", prune_ratio=0.6, mixup_prob=0.9, mixup_alpha=0.3).decide(snap, 0, 0, 10)
+    assert d.mixup_prob == 0.9 and d.mixup_alpha == 0.3
     assert make_policy("swdpp", mixup_prob=0.9).decide(snap, 9, 0, 10).mixup_prob == 0.0  # annealing
     for name in POLICIES:
         if name != "swdpp":
@@ -243,27 +279,34 @@ def test_swdpp_mixup_parameters() -> None:
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("random", {"prune_ratio": 1.0}, r"prune_ratio=1\.0 is outside \[0\.0, 1\.0\); pass a prune_ratio in"),
-        ("random", {"prune_ratio": -0.1}, r"prune_ratio=-0\.1 is outside"),
-        ("random", {"prune_ratio": float("nan")}, r"prune_ratio=nan must be a number in \[0\.0, 1\.0\)"),
-        ("random", {"prune_ratio": "0.3"}, r"prune_ratio='0\.3' must be a number"),
-        ("random", {"prune_ratio": True}, r"prune_ratio=True must be a number"),
-        ("infobatch", {"prune_ratio": 0.95}, r"prune_ratio=0\.95 is outside \[0\.0, 0\.9\]; InfoBatch keeps at least 10%"),
-        ("infobatch", {"delta": 0.0}, r"delta=0\.0 is outside \(0\.0, 1\.0\]"),
-        ("infobatch", {"delta": 1.5}, r"delta=1\.5 is outside \(0\.0, 1\.0\]"),
-        ("infobatch", {"weight": "inverse"}, r"weight='inverse' must be one of \('exact', 'official'\)"),
-        ("full", {"prune_ratio": 0.3}, r"prune_ratio=0\.3 is outside \[0\.0, 0\.0\]; policy 'full' never prunes"),
-        ("epsilon_greedy", {"epsilon": 1.5}, r"epsilon=1\.5 is outside \[0\.0, 1\.0\]"),
+        ("random", {"prune_ratio": 1.0}, r"prune_ratio=1\.0 must be a finite number in \[0\.0, 1\.0\); pass e\.g\. prune_ratio=0\.5, or policy='random:0\.5'"),
+        ("random", {"prune_ratio": -0.1}, r"prune_ratio=-0\.1 must be a finite number in \[0\.0, 1\.0\)"),
+        ("random", {"prune_ratio": float("nan")}, r"prune_ratio=nan must be a finite number in \[0\.0, 1\.0\)"),
+        ("random", {"prune_ratio": "0.3"}, r"prune_ratio='0\.3' must be a finite number"),
+        ("random", {"prune_ratio": True}, r"prune_ratio=True must be a finite number"),
+        ("infobatch", {"prune_ratio": 0.95}, r"prune_ratio=0\.95 must be a finite number in \[0\.0, 0\.9\]; InfoBatch keeps at least 10%"),
+        ("infobatch", {"delta": 0.0}, r"delta=0\.0 must be a finite number in \(0\.0, 1\.0\]; pass e\.g\. delta=0\.875"),
+        ("infobatch", {"delta": 1.5}, r"delta=1\.5 must be a finite number in \(0\.0, 1\.0\]"),
+        ("infobatch", {"weight": "inverse"}, r"weight='inverse' is not one of exact, official"),
+        ("full", {"prune_ratio": 0.3}, r"prune_ratio=0\.3 must be a finite number in \[0\.0, 0\.0\]; policy 'full' never prunes"),
+        ("epsilon_greedy", {"epsilon": 1.5}, r"epsilon=1\.5 must be a finite number in \[0\.0, 1\.0\]"),
         ("epsilon_greedy", {"reweight": "yes"}, r"reweight='yes' must be True or False"),
-        ("ucb", {"c": -1.0}, r"c=-1\.0 is outside \[0\.0, 1000000\.0\]"),
-        ("swdpp", {"alpha": 11}, r"alpha=11\.0 is outside \[0\.0, 10\.0\]"),
-        ("swdpp", {"p_min": 0.0}, r"p_min=0\.0 is outside \(0\.0, 0\.7\]"),
-        ("swdpp", {"prune_ratio": 0.5, "p_min": 0.6}, r"p_min=0\.6 is outside \(0\.0, 0\.5\]; p_min above 1 - prune_ratio"),
-        ("swdpp", {"mixup_prob": 1.2}, r"mixup_prob=1\.2 is outside \[0\.0, 1\.0\]"),
-        ("swdpp", {"mixup_alpha": 0.0}, r"mixup_alpha=0\.0 is outside \(0\.0, 1000000\.0\]"),
-        ("swdpp", {"max_weight": 0.5}, r"max_weight=0\.5 is outside \[1\.0, inf\]"),
+        ("epsilon_greedy", {"prune_ratio": 1.0}, r"policy='epsilon_greedy:0\.5'"),
+        ("ucb", {"c": -1.0}, r"c=-1\.0 must be a finite number >= 0\.0"),
+        ("swdpp", {"alpha": 11}, r"alpha=11 must be a finite number in \[0\.0, 10\.0\]"),
+        ("swdpp", {"p_min": 0.0}, r"p_min=0\.0 must be a finite number in \(0\.0, 0\.5\]"),
+        ("swdpp", {"prune_ratio": 0.5, "p_min": 0.6}, r"p_min=0\.6 must be a finite number in \(0\.0, 0\.5\]; p_min above 1 - prune_ratio"),
+        ("swdpp", {"mixup_prob": 1.2}, r"mixup_prob=1\.2 must be a finite number in \[0\.0, 1\.0\]"),
+        ("swdpp", {"mixup_alpha": 0.0}, r"mixup_alpha=0\.0 must be a finite number > 0\.0"),
+        ("swdpp", {"max_weight": 0.5}, r"max_weight=0\.5 must be a finite number >= 1\.0"),
         ("swdpp", {"prune_ratio": 0.3, "tau": 1}, r"policy 'swdpp' has no parameter\(s\) \['tau'\]; allowed: prune_ratio"),
         ("infobach", {}, r"unknown pruning policy 'infobach'; choose one of epsilon_greedy, full, infobatch"),
+        ("infobatch:0.95", {}, r"prune_ratio=0\.95 must be a finite number in \[0\.0, 0\.9\]"),
+        ("infobatch:half", {}, r"policy 'infobatch:half': the prune ratio after ':' must be a number in \[0, 1\), e\.g\. 'infobatch:0\.5'"),
+        ("infobatch:0.5", {"prune_ratio": 0.3}, r"policy 'infobatch:0\.5' gives the prune ratio twice"),
+        ("swdpp:1", {}, r"prune_ratio=1\.0 must be a finite number in \[0\.0, 1\.0\)"),
+        ("full:0.3", {}, r"policy 'full' never prunes"),
+        ("infobach:0.5", {}, r"unknown pruning policy 'infobach'; choose one of .*'infobatch:0\.7'"),
     ],
 )
 def test_bad_parameters_name_value_range_and_fix(name: str, params: dict[str, Any], message: str) -> None:
@@ -274,7 +317,7 @@ def test_bad_parameters_name_value_range_and_fix(name: str, params: dict[str, An
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((-1, 0, 10), r"epoch=-1 must be an int >= 0"),
+        ((-1, 0, 10), r"decide\(\): epoch=-1 must be an int >= 0; pass a whole number from 0 up"),
         ((0, -5, 10), r"seed=-5 must be an int >= 0"),
         ((0, 0, 0), r"num_epochs=0 must be an int >= 1"),
         ((1.5, 0, 10), r"epoch=1\.5 must be an int"),
@@ -301,3 +344,26 @@ def test_policy_state_is_json_and_loads_strictly() -> None:
         make_policy("random", prune_ratio=0.4).load_state_dict(state)
     with pytest.raises(CheckpointMismatchError, match=r"keys \['name', 'params', 'x'\]"):
         make_policy("swdpp", prune_ratio=0.4, alpha=2.0).load_state_dict({**state, "x": 1})
+
+
+@pytest.mark.parametrize("name", ["random", "epsilon_greedy", "ucb", "infobatch", "swdpp"])
+def test_one_default_ratio_and_ratio_by_name(name: str) -> None:
+    assert make_policy(name).params["prune_ratio"] == DEFAULT_PRUNE_RATIO == 0.5
+    by_name = make_policy(f"{name}:0.7")
+    assert by_name.params == make_policy(name, prune_ratio=0.7).params and by_name.params["prune_ratio"] == 0.7
+    assert make_policy(f" {name} :0.25").params["prune_ratio"] == 0.25  # spaces around the name are allowed
+    assert parse_policy_name(f"{name}:0.7") == (name, 0.7) and parse_policy_name(name) == (name, None)
+
+
+def test_ratio_by_name_through_the_loader(tmp_path: Any) -> None:
+    from loader_data import write_dataset
+
+    from shardprune.dataset import open_dataset
+    from shardprune.loader import StreamingLoader
+
+    write_dataset(tmp_path / "ds", n=40, per_shard=10)
+    loader = StreamingLoader(open_dataset(str(tmp_path / "ds")), batch_size=8, policy="infobatch:0.7", num_epochs=4)
+    try:
+        assert loader.policy.state_dict() == make_policy("infobatch", prune_ratio=0.7).state_dict()
+    finally:
+        loader.close()

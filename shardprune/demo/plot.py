@@ -32,7 +32,7 @@ def plot_results(results: Sequence[RunResult], path: str | os.PathLike[str], *, 
 
     The histogram panels show, for each policy that recorded one (InfoBatch, SwDPP), the
     per-sample keep probability and the score the epoch was planned from (InfoBatch: the
-    latest loss; SwDPP: loss EMA plus ``dynamics`` times the EMA of the loss change).
+    latest loss; SwDPP: latest loss plus ``dynamics`` times the EMA of the loss change).
     """
     plt = _pyplot()
     hists = [r for r in results if r.histogram is not None]
@@ -70,7 +70,7 @@ def plot_results(results: Sequence[RunResult], path: str | os.PathLike[str], *, 
         ax_p.set_yscale("log")
         ax_p.set_title("keep probability of one epoch")
         ax_p.legend(fontsize=8)
-        ax_s.set_xlabel("score (infobatch: latest loss; swdpp: loss EMA + change EMA), clipped at 99th pct", fontsize=8)
+        ax_s.set_xlabel("score (infobatch: latest loss; swdpp: latest loss + change EMA), clipped at 99th pct", fontsize=8)
         ax_s.set_ylabel("samples")
         ax_s.set_title("scores the epoch was planned from")
         ax_s.legend(fontsize=8)

@@ -22,16 +22,24 @@ import torch.nn.functional as F
 from shardprune.demo.data import DemoData
 from shardprune.errors import ConfigError
 from shardprune.models import make_model
+from shardprune.policies.decision import DEFAULT_PRUNE_RATIO
+from shardprune.train import DEFAULT_WEIGHT_MODE, WEIGHT_MODES
+from shardprune.validate import check_choice
 
 #: Policies the demo runs by default, and every policy the benchmark knows.
 DEMO_POLICIES = ("full", "random", "infobatch", "swdpp")
 ALL_POLICIES = ("full", "random", "epsilon_greedy", "ucb", "infobatch", "swdpp")
 #: Per-dataset training defaults, chosen on a validation split carved from the train split
 #: (the last 10% of train; ``benchmarks/train_bench.py --calibrate``), never on test.
+#: ``lr`` is Adam's peak learning rate, ``sgd_lr`` that of SGD with momentum 0.9, each tuned
+#: once for full training.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist1d": {"epochs": 30, "batch_size": 64, "lr": 3e-2, "ema_beta": 0.9},
-    "digits": {"epochs": 30, "batch_size": 32, "lr": 1e-2, "ema_beta": 0.9},
+    "mnist1d": {"epochs": 30, "batch_size": 64, "lr": 3e-2, "sgd_lr": 0.1, "ema_beta": 0.9},
+    "digits": {"epochs": 30, "batch_size": 32, "lr": 1e-2, "sgd_lr": 0.2, "ema_beta": 0.9},
 }
+#: Optimisers the trainer builds; SGD uses momentum :data:`SGD_MOMENTUM`.
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
 #: Policies whose per-epoch keep probabilities are worth a histogram.
 HISTOGRAM_POLICIES = ("infobatch", "swdpp")
 
@@ -43,8 +51,8 @@ class TrainConfig:
     Attributes:
         epochs: Training epochs (default 30).
         batch_size: Samples per batch (default 32).
-        lr: Peak Adam learning rate (default 2e-2).
-        weight_decay: Adam weight decay (default 0).
+        lr: Peak learning rate of the optimiser (default 2e-2).
+        weight_decay: Weight decay (default 0).
         warmup_epochs: Linear warm-up before the cosine decay, in epochs (default 1).
         prune_ratio: The policies' ``r`` (ignored by ``full``; default 0.5).
         seed: Model initialisation and loader seed (default 0).
@@ -56,6 +64,9 @@ class TrainConfig:
         policy_params: Extra parameters for the pruning policy (not ``full``), as
             ``(name, value)`` pairs, e.g. ``(("mixup_prob", 0.0),)``; checked by
             ``shardprune.policies.make_policy``. Default none.
+        optimizer: ``"adam"`` (default) or ``"sgd"`` (momentum 0.9); ``lr`` is its peak rate.
+        weighting: How ``weighted_loss`` applies the pruning weights, one of
+            ``shardprune.train.WEIGHT_MODES`` (default ``"normalized"``).
     """
 
     epochs: int = 30
@@ -63,12 +74,14 @@ class TrainConfig:
     lr: float = 2e-2
     weight_decay: float = 0.0
     warmup_epochs: float = 1.0
-    prune_ratio: float = 0.5
+    prune_ratio: float = DEFAULT_PRUNE_RATIO
     seed: int = 0
     num_workers: int = 0
     histogram_epoch: int | None = None
     ema_beta: float = 0.9
     policy_params: tuple[tuple[str, float | None], ...] = ()
+    optimizer: str = "adam"
+    weighting: str = DEFAULT_WEIGHT_MODE
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first option outside its range."""
@@ -90,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"ema_beta={self.ema_beta} must be in [0, 1)")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers={self.num_workers} must be >= 0 (0 reads in the training process)")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("weighting", self.weighting, WEIGHT_MODES)
 
     @property
     def hist_epoch(self) -> int:
@@ -135,6 +150,7 @@ class RunResult:
     epochs: list[EpochRecord] = field(default_factory=list)
     histogram: dict[str, Any] | None = None
     mixed_samples: int = 0
+    diverged_epoch: int | None = None
 
     @property
     def final_test_acc(self) -> float:
@@ -170,6 +186,7 @@ class RunResult:
             seed=int(doc["seed"]),
             epochs=[EpochRecord(**e) for e in doc["epochs"]],
             mixed_samples=int(doc.get("mixed_samples", 0)),
+            diverged_epoch=doc.get("diverged_epoch"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -242,16 +259,15 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
 
 
 def policy_scores(policy: Any, snapshot: Any) -> np.ndarray:
-    """The per-sample score a policy plans from: InfoBatch's latest loss, SwDPP's loss EMA
-    plus ``dynamics`` times the EMA of the loss change, the loss EMA otherwise (NaN where unseen)."""
+    """The per-sample score a policy plans from: InfoBatch's latest loss, SwDPP's latest loss plus
+    ``dynamics`` times the EMA of the loss change, the loss EMA otherwise (NaN where unseen)."""
     name = getattr(policy, "name", "")
     if name == "infobatch":
         return np.asarray(snapshot.loss, dtype=np.float64)
-    score = np.asarray(snapshot.loss_ema, dtype=np.float64)
     if name == "swdpp":
         dynamics = float(getattr(policy, "params", {}).get("dynamics", 0.0))
-        score = score + dynamics * np.asarray(snapshot.delta_ema, dtype=np.float64)
-    return score
+        return np.asarray(snapshot.loss, dtype=np.float64) + dynamics * np.asarray(snapshot.delta_ema, dtype=np.float64)
+    return np.asarray(snapshot.loss_ema, dtype=np.float64)
 
 
 def train_policy(
@@ -286,7 +302,11 @@ def train_policy(
     cfg.check()
     torch.manual_seed(cfg.seed)
     model = make_model(data.name, data.in_features, data.num_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=SGD_MOMENTUM, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     store_dir = work_dir / "scores"
     if store_dir.exists():
         shutil.rmtree(store_dir)
@@ -341,7 +361,12 @@ def train_policy(
                 x = batch[data.field]
                 logits = model(x)
                 losses = per_sample_loss(logits, batch)
-                loss = weighted_loss(batch, losses, store)
+                if not bool(torch.isfinite(losses).all()):
+                    # Diverged (the step was too large): the store refuses NaN losses, and
+                    # training on would only repeat NaN; record the collapse and stop.
+                    result.diverged_epoch = epoch
+                    break
+                loss = weighted_loss(batch, losses, store, mode=cfg.weighting)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -371,6 +396,8 @@ def train_policy(
             )
             bar.set_postfix(kept=f"{visits / len(data.train):.2f}", acc=f"{acc:.3f}")
             bar.update(1)
+            if result.diverged_epoch is not None:
+                break
     finally:
         bar.close()
         loader.close()

@@ -23,41 +23,35 @@ import numpy as np
 
 from shardprune.policies.baselines import seen_budget
 from shardprune.policies.decision import (
+    DEFAULT_DELTA,
+    DEFAULT_PRUNE_RATIO,
     EpochDecision,
     PolicyBase,
+    check_delta,
+    check_prune_ratio,
     budget,
-    check_call,
-    check_float,
     choose_mask,
-    is_annealing,
-    keep_all,
 )
 from shardprune.policies.rng import PURPOSE_GREEDY, philox
-from shardprune.errors import ConfigError
 from shardprune.scores.snapshot import ScoreSnapshot
+from shardprune.validate import check_bool, check_float
 
 _SIGMA_PER_MEAN_ABS_CHANGE = math.sqrt(math.pi) / 2.0
 
 
 class _GreedyBase(PolicyBase):
     def _setup(self, prune_ratio: float, delta: float, epsilon: float, reweight: bool, **extra: float) -> None:
-        prune_ratio = check_float("prune_ratio", prune_ratio, 0.0, 1.0, hi_open=True)
-        delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
+        prune_ratio = check_prune_ratio(prune_ratio, self.name)
+        delta = check_delta(delta)
         epsilon = check_float("epsilon", epsilon, 0.0, 1.0)
-        if not isinstance(reweight, bool):
-            raise ConfigError(
-                f"reweight={reweight!r} must be True or False; True weights explored samples for an unbiased sum"
-            )
+        reweight = check_bool("reweight", reweight)
         PolicyBase.__init__(self, prune_ratio=prune_ratio, delta=delta, epsilon=epsilon, reweight=reweight, **extra)
 
     def score(self, snapshot: ScoreSnapshot, s_idx: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
-        check_call(snapshot, epoch, seed, num_epochs)
+    def plan(self, snapshot: ScoreSnapshot, epoch: int, seed: int) -> EpochDecision:
         n = len(snapshot)
-        if is_annealing(epoch, num_epochs, self.params["delta"]):
-            return keep_all(n, annealing=True)
         seen = snapshot.seen
         s_idx = np.flatnonzero(seen)
         n_seen = len(s_idx)
@@ -105,7 +99,7 @@ class EpsilonGreedy(_GreedyBase):
     """Keep the highest-loss-EMA samples plus an epsilon share drawn uniformly.
 
     Args:
-        prune_ratio: Fraction pruned per epoch, in [0, 1). Default 0.3.
+        prune_ratio: Fraction pruned per epoch, in [0, 1). Default 0.5.
         delta: Annealing start as a fraction of ``num_epochs``, in (0, 1]. Default 0.875.
         epsilon: Share of the budget drawn uniformly from the non-top samples, in [0, 1].
             Default 0.1.
@@ -115,7 +109,11 @@ class EpsilonGreedy(_GreedyBase):
     name = "epsilon_greedy"
 
     def __init__(
-        self, prune_ratio: float = 0.3, delta: float = 0.875, epsilon: float = 0.1, reweight: bool = True
+        self,
+        prune_ratio: float = DEFAULT_PRUNE_RATIO,
+        delta: float = DEFAULT_DELTA,
+        epsilon: float = 0.1,
+        reweight: bool = True,
     ) -> None:
         self._setup(prune_ratio, delta, epsilon, reweight)
 
@@ -127,7 +125,7 @@ class UCB(_GreedyBase):
     """Keep the highest ``loss_ema + c * sigma`` samples plus an epsilon share.
 
     Args:
-        prune_ratio: Fraction pruned per epoch, in [0, 1). Default 0.3.
+        prune_ratio: Fraction pruned per epoch, in [0, 1). Default 0.5.
         delta: Annealing start as a fraction of ``num_epochs``, in (0, 1]. Default 0.875.
         c: Weight of the spread term, >= 0. Default 1.0.
         epsilon: Uniform share of the budget, in [0, 1]. Default 0.1.
@@ -138,13 +136,13 @@ class UCB(_GreedyBase):
 
     def __init__(
         self,
-        prune_ratio: float = 0.3,
-        delta: float = 0.875,
+        prune_ratio: float = DEFAULT_PRUNE_RATIO,
+        delta: float = DEFAULT_DELTA,
         c: float = 1.0,
         epsilon: float = 0.1,
         reweight: bool = True,
     ) -> None:
-        c = check_float("c", c, 0.0, 1e6)
+        c = check_float("c", c, 0.0)
         self._setup(prune_ratio, delta, epsilon, reweight, c=c)
 
     def score(self, snapshot: ScoreSnapshot, s_idx: np.ndarray) -> np.ndarray:

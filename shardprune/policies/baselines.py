@@ -13,17 +13,19 @@ from __future__ import annotations
 import numpy as np
 
 from shardprune.policies.decision import (
+    DEFAULT_DELTA,
+    DEFAULT_PRUNE_RATIO,
     EpochDecision,
     PolicyBase,
+    check_delta,
+    check_prune_ratio,
     budget,
-    check_call,
-    check_float,
     choose_mask,
-    is_annealing,
     keep_all,
 )
 from shardprune.policies.rng import PURPOSE_RANDOM, philox
 from shardprune.scores.snapshot import ScoreSnapshot
+from shardprune.validate import check_float
 
 
 def seen_budget(n: int, n_seen: int, prune_ratio: float) -> int:
@@ -42,38 +44,35 @@ class Full(PolicyBase):
 
     name = "full"
 
-    def __init__(self, prune_ratio: float = 0.0, delta: float = 0.875) -> None:
+    def __init__(self, prune_ratio: float = 0.0, delta: float = DEFAULT_DELTA) -> None:
         check_float(
             "prune_ratio", prune_ratio, 0.0, 0.0, fix="policy 'full' never prunes; use policy 'random' to prune at random"
         )
-        delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
+        delta = check_delta(delta)
         super().__init__(prune_ratio=0.0, delta=delta)
 
-    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
-        check_call(snapshot, epoch, seed, num_epochs)
-        return keep_all(len(snapshot), annealing=is_annealing(epoch, num_epochs, self.params["delta"]))
+    def plan(self, snapshot: ScoreSnapshot, epoch: int, seed: int) -> EpochDecision:
+        return keep_all(len(snapshot), annealing=False)
 
 
 class RandomPruning(PolicyBase):
     """Uniform random dynamic pruning at prune ratio r.
 
     Args:
-        prune_ratio: Fraction of the dataset pruned per epoch, in [0, 1). Default 0.3.
+        prune_ratio: Fraction of the dataset pruned per epoch, in [0, 1). Default 0.5
+            (:data:`~shardprune.policies.decision.DEFAULT_PRUNE_RATIO`).
         delta: Annealing start as a fraction of ``num_epochs``, in (0, 1]. Default 0.875.
     """
 
     name = "random"
 
-    def __init__(self, prune_ratio: float = 0.3, delta: float = 0.875) -> None:
-        prune_ratio = check_float("prune_ratio", prune_ratio, 0.0, 1.0, hi_open=True)
-        delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
+    def __init__(self, prune_ratio: float = DEFAULT_PRUNE_RATIO, delta: float = DEFAULT_DELTA) -> None:
+        prune_ratio = check_prune_ratio(prune_ratio, "random")
+        delta = check_delta(delta)
         super().__init__(prune_ratio=prune_ratio, delta=delta)
 
-    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
-        check_call(snapshot, epoch, seed, num_epochs)
+    def plan(self, snapshot: ScoreSnapshot, epoch: int, seed: int) -> EpochDecision:
         n = len(snapshot)
-        if is_annealing(epoch, num_epochs, self.params["delta"]):
-            return keep_all(n, annealing=True)
         seen = snapshot.seen
         s_idx = np.flatnonzero(seen)
         n_seen = len(s_idx)

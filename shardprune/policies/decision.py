@@ -9,15 +9,22 @@ is ``K = round((1 - r) * N)`` samples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.scores.snapshot import ScoreSnapshot
+from shardprune.validate import check_float, check_int
+
+#: The prune ratio r every budgeted policy uses when none is given: InfoBatch's official
+#: default, the same for random, epsilon-greedy, UCB and SwDPP so that swapping the policy
+#: name changes the rule, not the budget. Give another with ``make_policy("swdpp:0.3")``.
+DEFAULT_PRUNE_RATIO = 0.5
+#: Annealing start (fraction of the epochs) when none is given: InfoBatch's official delta.
+DEFAULT_DELTA = 0.875
 
 
 @dataclass(frozen=True)
@@ -58,48 +65,24 @@ class Policy(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def check_float(
-    name: str,
-    value: object,
-    lo: float,
-    hi: float,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
-    fix: str = "",
-) -> float:
-    """Validate a float parameter against ``[lo, hi]`` (ends optionally open).
-
-    Args:
-        name: Parameter name, for the message.
-        value: What the caller passed.
-        lo: Lower end of the allowed range.
-        hi: Upper end of the allowed range.
-        lo_open: Exclude ``lo`` itself.
-        hi_open: Exclude ``hi`` itself.
-        fix: What to do instead (default: pick a value inside the range).
-
-    Raises:
-        ConfigError: naming the value, the range and the fix.
-    """
-    left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
-    allowed = f"{left}{lo}, {hi}{right}"
-    hint = fix or f"pass a {name} in {allowed}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or math.isnan(value):
-        raise ConfigError(f"{name}={value!r} must be a number in {allowed}; {hint}")
-    v = float(value)
-    if (v < lo or (lo_open and v == lo)) or (v > hi or (hi_open and v == hi)):
-        raise ConfigError(f"{name}={v} is outside {allowed}; {hint}")
-    return v
-
-
 def check_call(snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> None:
+    """Validate the arguments of ``decide()`` (the same for every policy)."""
     if not isinstance(snapshot, ScoreSnapshot):
         raise ConfigError(f"decide() needs a ScoreSnapshot, got {type(snapshot).__name__}; use store.snapshot()")
     for name, value, low in (("epoch", epoch, 0), ("num_epochs", num_epochs, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ConfigError(f"decide(): {name}={value!r} must be an int >= {low}; pass a whole number from {low} up")
+        check_int(f"decide(): {name}", value, low, fix=f"pass a whole number from {low} up")
+
+
+def check_prune_ratio(value: object, policy: str, high: float = 1.0, *, high_open: bool = True, why: str = "") -> float:
+    """Validate a policy's prune ratio r, with the fix every policy suggests."""
+    fix = f"{why}; " if why else ""
+    fix += f"pass e.g. prune_ratio=0.5, or policy='{policy}:0.5'"
+    return check_float("prune_ratio", value, 0.0, high, high_open=high_open, fix=fix)
+
+
+def check_delta(value: object) -> float:
+    """Validate the annealing start ``delta`` (a fraction of the epochs)."""
+    return check_float("delta", value, 0.0, 1.0, low_open=True, fix="pass e.g. delta=0.875 (InfoBatch's default)")
 
 
 def is_annealing(epoch: int, num_epochs: int, delta: float) -> bool:
@@ -138,8 +121,27 @@ class PolicyBase:
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = params
 
+    #: Extra ``info`` entries of an annealing epoch's decision (so its keys match a pruning epoch's).
+    annealing_info: ClassVar[dict[str, Any]] = {}
+
     def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
-        """Keep decisions and weights for ``epoch``; subclasses implement it."""
+        """Keep decisions and weights for ``epoch``: the preamble every policy shares, then :meth:`plan`.
+
+        The preamble checks the arguments and returns "everything, weight 1" for an
+        annealing epoch (``epoch >= delta * num_epochs``), so :meth:`plan` only sees
+        pruning epochs.
+
+        Raises:
+            ConfigError: for a snapshot that is not a :class:`ScoreSnapshot`, or an epoch,
+                seed or epoch count that is not a whole number in range.
+        """
+        check_call(snapshot, epoch, seed, num_epochs)
+        if is_annealing(epoch, num_epochs, self.params["delta"]):
+            return keep_all(len(snapshot), annealing=True, **self.annealing_info)
+        return self.plan(snapshot, epoch, seed)
+
+    def plan(self, snapshot: ScoreSnapshot, epoch: int, seed: int) -> EpochDecision:
+        """The decision of a pruning (non-annealing) epoch; each policy implements it."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

@@ -30,17 +30,17 @@ from __future__ import annotations
 import numpy as np
 
 from shardprune.policies.decision import (
+    DEFAULT_DELTA,
+    DEFAULT_PRUNE_RATIO,
     EpochDecision,
     PolicyBase,
-    check_call,
-    check_float,
+    check_delta,
+    check_prune_ratio,
     choose_mask,
-    is_annealing,
-    keep_all,
 )
 from shardprune.policies.rng import PURPOSE_INFOBATCH, philox
-from shardprune.errors import ConfigError
 from shardprune.scores.snapshot import ScoreSnapshot
+from shardprune.validate import check_choice
 
 WEIGHT_MODES = ("exact", "official")
 
@@ -56,26 +56,23 @@ class InfoBatch(PolicyBase):
     """
 
     name = "infobatch"
+    annealing_info = {"threshold": float("nan"), "well_learned": 0}
 
-    def __init__(self, prune_ratio: float = 0.5, delta: float = 0.875, weight: str = "exact") -> None:
-        prune_ratio = check_float(
-            "prune_ratio",
+    def __init__(self, prune_ratio: float = DEFAULT_PRUNE_RATIO, delta: float = DEFAULT_DELTA, weight: str = "exact") -> None:
+        prune_ratio = check_prune_ratio(
             prune_ratio,
-            0.0,
+            "infobatch",
             0.9,
-            fix="InfoBatch keeps at least 10% of the well-learned samples (as the official code); use r <= 0.9",
+            high_open=False,
+            why="InfoBatch keeps at least 10% of the well-learned samples (as the official code)",
         )
-        delta = check_float("delta", delta, 0.0, 1.0, lo_open=True)
-        if weight not in WEIGHT_MODES:
-            raise ConfigError(f"weight={weight!r} must be one of {WEIGHT_MODES}; 'exact' is unbiased for any |W|")
+        delta = check_delta(delta)
+        weight = check_choice("weight", weight, WEIGHT_MODES)
         super().__init__(prune_ratio=prune_ratio, delta=delta, weight=weight)
         self.keep_ratio = min(1.0, max(0.1, 1.0 - prune_ratio))
 
-    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
-        check_call(snapshot, epoch, seed, num_epochs)
+    def plan(self, snapshot: ScoreSnapshot, epoch: int, seed: int) -> EpochDecision:
         n = len(snapshot)
-        if is_annealing(epoch, num_epochs, self.params["delta"]):
-            return keep_all(n, annealing=True, threshold=float("nan"), well_learned=0)
         seen = snapshot.seen
         scores = snapshot.loss
         n_seen = int(np.count_nonzero(seen))
