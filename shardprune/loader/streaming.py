@@ -38,7 +38,7 @@ from shardprune.loader.decode import Transform
 from shardprune.loader.fetch import UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit, plan_reads
 from shardprune.loader.order import BatchAssembler, PlanOrder
-from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
+from shardprune.loader.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, PlanConfig, make_plan
 from shardprune.loader.stats import EpochStats
 from shardprune.policies import make_policy
 from shardprune.policies.decision import EpochDecision, Policy
@@ -60,6 +60,11 @@ REMOTE_MAX_GAP = 16 * 1024
 LOCAL_GAP_BUDGET = 0.0
 REMOTE_GAP_BUDGET = 0.2
 DEFAULT_MAX_BLOCK = 4 * 1024 * 1024
+#: Shuffle modes by storage kind (measured in benchmarks/results/shuffle.md): local reads
+#: afford one read per sample, so the order is uniform; an object-store request costs a
+#: round trip, so blocks of adjacent samples share one.
+LOCAL_SHUFFLE = "global"
+REMOTE_SHUFFLE = "block"
 LOCAL_IO_CONCURRENCY = 1
 REMOTE_IO_CONCURRENCY = 8
 MP_CONTEXTS = ("forkserver", "spawn")
@@ -99,6 +104,9 @@ class StreamingLoader:
         num_workers: Fetch processes (default 0: fetch in this process).
         shuffle_window: Shards read round-robin at once (default 4).
         shuffle_buffer: Sample shuffle buffer in slots (default 1024).
+        shuffle: Shuffle mode (``"global"``, ``"block"``, ``"window"``; see
+            :mod:`shardprune.loader.shuffle`); default ``"global"`` local, ``"block"`` remote.
+        shuffle_block: Adjacent kept samples per block of the ``"block"`` mode (default 8).
         drop_last: True: equal full batches on every rank, the remainder trimmed (never
             read). False: ranks padded with weight-0 repeats to equal counts.
         transform: ``fn(sample) -> sample`` run after decoding, in the workers (must be
@@ -144,6 +152,8 @@ class StreamingLoader:
         num_workers: int = 0,
         shuffle_window: int = 4,
         shuffle_buffer: int = 1024,
+        shuffle: str | None = None,
+        shuffle_block: int = DEFAULT_SHUFFLE_BLOCK,
         drop_last: bool = True,
         transform: Transform | None = None,
         fields: list[str] | tuple[str, ...] | None = None,
@@ -172,6 +182,8 @@ class StreamingLoader:
             shuffle_window=shuffle_window,
             shuffle_buffer=shuffle_buffer,
             drop_last=bool(drop_last),
+            shuffle=(LOCAL_SHUFFLE if self.dataset.storage.is_local else REMOTE_SHUFFLE) if shuffle is None else shuffle,
+            shuffle_block=shuffle_block,
         )
         if policy is None:
             policy = "full"
@@ -242,6 +254,8 @@ class StreamingLoader:
             "world_size": self.cfg.world_size,
             "shuffle_window": self.cfg.shuffle_window,
             "shuffle_buffer": self.cfg.shuffle_buffer,
+            "shuffle": self.cfg.shuffle,
+            "shuffle_block": self.cfg.shuffle_block,
             "drop_last": self.cfg.drop_last,
             "policy": json.loads(json.dumps(state, sort_keys=True, default=repr)),
             "mixup": self.mixup,
