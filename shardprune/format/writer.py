@@ -27,11 +27,13 @@ import numpy as np
 from shardprune.errors import ConfigError, DatasetError, OutputExistsError, SourceError
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME, SHARD_FORMATS, Header, ShardInfo
 from shardprune.format.manifest import Manifest, sha256
+from shardprune.format.permute import ORDER_KEY, order_record, permuted
 from shardprune.format.tarwriter import TarShardWriter, padded_size, sample_key
 from shardprune.format.zarrsample import COMPRESSIONS
 from shardprune.format.zarrwriter import write_zarr_shard
 from shardprune.sources.base import ArraySource, Source
 from shardprune.storage import Storage, open_storage
+from shardprune.validate import check_bool, check_int
 
 #: Default shard size limit: large enough for efficient sequential reads, small enough
 #: to spread over workers and ranks.
@@ -228,6 +230,9 @@ class DatasetWriter:
         compression: Zarr inner-chunk compression, ``"none"`` (default) or ``"zstd"``.
         overwrite: Replace an existing, different dataset at ``output`` (default False).
         storage_options: fsspec options for a remote ``output``.
+        keep_order: Write samples in input order (default False: a seeded permutation of
+            the whole input, see :mod:`shardprune.format.permute`; recorded in the header).
+        shuffle_seed: Seed of that permutation (default 0).
     """
 
     def __init__(
@@ -241,7 +246,12 @@ class DatasetWriter:
         compression: str = "none",
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
+        keep_order: bool = False,
+        shuffle_seed: int = 0,
     ) -> None:
+        self.shuffle_seed: int | None = (
+            None if check_bool("keep_order", keep_order) else check_int("shuffle_seed", shuffle_seed, 0, 2**128 - 1)
+        )
         if shard_format not in SHARD_FORMATS:
             raise ConfigError(f"shard_format={shard_format!r} is not one of {SHARD_FORMATS}")
         if max_bytes is not None and max_bytes < 1:
@@ -286,6 +296,7 @@ class DatasetWriter:
         """
         if len(source) == 0:
             raise SourceError(f"the {source.kind} source has no samples; nothing to convert")
+        source = permuted(source, self.shuffle_seed)
         jobs = [
             (i, start, stop)
             for i, (start, stop) in enumerate(plan_shards(self._sizes(source), self.max_bytes, self.max_samples))
@@ -362,7 +373,7 @@ class DatasetWriter:
             shards=tuple(r.info for r in results),
             manifest_sha256=sha256(manifest_bytes),
             num_classes=source.num_classes,
-            source=source.description,
+            source={**source.description, ORDER_KEY: order_record(self.shuffle_seed)},
         )
         return header, manifest_bytes
 
