@@ -1,4 +1,4 @@
-"""Command line: ``python -m shardprune demo`` (also the ``shardprune`` console script)."""
+"""Command line: ``python -m shardprune demo`` / ``shuffle-report`` (also the ``shardprune`` console script)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG (then matplotlib is not needed)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    from shardprune.loader import quality_cli
+
+    quality_cli.add_parser(sub)
     return parser
 
 
@@ -108,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "shuffle-report":
+        from shardprune.loader import quality_cli
+
+        return quality_cli.run(args)
     from shardprune.demo.run import demo_options, run_demo
 
     try:
