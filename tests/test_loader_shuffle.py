@@ -54,9 +54,13 @@ def test_every_kept_sample_once_at_power_of_two_lengths(k: int, delta: int, mode
     assert np.array_equal(np.sort(real), np.arange(n))
 
 
-def test_global_yields_the_philox_permutation_and_reads_chunks_in_file_order() -> None:
+@pytest.mark.parametrize("manifest_in_file_order", [True, False])
+def test_global_yields_the_philox_permutation_and_reads_chunks_in_file_order(manifest_in_file_order: bool) -> None:
     n, shards, buffer = 1000, 4, 64
     shard, offset = _flat(n, shards)
+    if not manifest_in_file_order:  # ids unrelated to file positions (e.g. an index of foreign tars)
+        mix = np.random.default_rng(1).permutation(n)
+        shard, offset = shard[mix], offset[mix]
     keep = np.arange(n) % 3 != 0
     kept = np.flatnonzero(keep)
     cfg = PlanConfig(seed=11, batch_size=10, shuffle="global", shuffle_buffer=buffer, drop_last=False)

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardprune.errors import ConfigError
-from shardprune.loader.shuffle import SHUFFLES, ShuffleParams, get_shuffle
+from shardprune.loader.shuffle import SHUFFLES, ShuffleParams, file_positions, get_shuffle
 from shardprune.validate import check_bool, check_choice, check_int
 
 #: Shuffle mode of a :class:`PlanConfig` built without one (the loader picks per storage kind).
@@ -216,10 +216,9 @@ def make_plan(
     start = r * base + min(r, extra)
     size = base + (1 if r < extra else 0)
     ids = glob[start : start + size]
-    shard_a, offset_a = np.asarray(shard), np.asarray(offset)
-    read, order = get_shuffle(cfg.shuffle).local(
-        size, cfg.seed, epoch, r, cfg.shuffle_params, shard_a[ids], offset_a[ids]
-    )
+    mode = get_shuffle(cfg.shuffle)
+    file_pos = file_positions(np.asarray(shard), np.asarray(offset))[ids] if mode.needs_file_pos else ids[:0]
+    read, order = mode.local(size, cfg.seed, epoch, r, cfg.shuffle_params, file_pos)
     ids = ids[read]
     padded = 0
     slot_padded = np.zeros(size, dtype=bool)

@@ -6,8 +6,8 @@ Python loop per sample, block or shard):
 1. ``sequence(kept, shard, offset, num_shards, seed, epoch, params)`` -> the *global
    sequence* of the T kept sample ids. The plan cuts it into ``world_size`` contiguous
    slices, one per rank.
-2. ``local(n, seed, epoch, rank, params, shard_of, offset_of)`` -> ``(read, order)`` for one
-   rank's slice of n samples: ``read`` permutes the slice into the order it is read in,
+2. ``local(n, seed, epoch, rank, params, file_pos)`` -> ``(read, order)`` for one rank's
+   slice of n samples (``file_pos``: each sample's position in (shard, offset) order): ``read`` permutes the slice into the order it is read in,
    ``order`` lists read positions in yield order. A sample is read at most about
    ``params.buffer`` positions before it is yielded, which bounds the samples the loader
    holds.
@@ -66,17 +66,25 @@ class ShuffleParams:
 
 #: ``sequence(kept, shard, offset, num_shards, seed, epoch, params) -> int64[T] ids``.
 SequenceFn = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, int, ShuffleParams], np.ndarray]
-#: ``local(n, seed, epoch, rank, params, shard_of_slice, offset_of_slice) -> (read, order)``.
-LocalFn = Callable[[int, int, int, int, ShuffleParams, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``local(n, seed, epoch, rank, params, file_pos_of_slice) -> (read, order)``.
+LocalFn = Callable[[int, int, int, int, ShuffleParams, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
 class ShuffleMode:
-    """One registered mode: its global sequence and its per-rank read/yield step."""
+    """One registered mode: its global sequence and its per-rank read/yield step.
+
+    Attributes:
+        name: Registry name.
+        sequence: The global sequence function.
+        local: The per-rank read/yield function.
+        needs_file_pos: Whether ``local`` reads ``file_pos`` (others get an empty array).
+    """
 
     name: str
     sequence: SequenceFn
     local: LocalFn
+    needs_file_pos: bool = False
 
 
 def _shard_positions(num_shards: int, seed: int, epoch: int) -> np.ndarray:
@@ -189,20 +197,30 @@ def buffer_shuffle(n: int, buffer: int, gen: np.random.Generator) -> np.ndarray:
 
 
 def buffered_local(
-    n: int, seed: int, epoch: int, rank: int, p: ShuffleParams, shard: np.ndarray, offset: np.ndarray
+    n: int, seed: int, epoch: int, rank: int, p: ShuffleParams, file_pos: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read the slice in sequence order; yield it through the shuffle buffer."""
     return np.arange(n, dtype=np.int64), buffer_shuffle(n, p.buffer, philox(seed, PURPOSE_BUFFER, epoch, rank))
 
 
 def chunk_sorted_local(
-    n: int, seed: int, epoch: int, rank: int, p: ShuffleParams, shard: np.ndarray, offset: np.ndarray
+    n: int, seed: int, epoch: int, rank: int, p: ShuffleParams, file_pos: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Yield the slice in sequence order; read each chunk of ``buffer`` slots in file order."""
     chunk = np.arange(n, dtype=np.int64) // max(p.buffer, 1)
-    read = np.lexsort((offset, shard, chunk))
-    read = read.astype(np.int64)
+    # File positions are distinct, so (chunk, file position) as one int64 key sorts unstably.
+    bound = int(file_pos.max()) + 1 if n else 1
+    read = np.argsort(chunk * bound + file_pos).astype(np.int64)
     return read, _inverse(read)
+
+
+def file_positions(shard: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """int64[N]: each sample's position in (shard, offset) order (its id, for most manifests)."""
+    ids = np.arange(shard.size, dtype=np.int64)
+    ordered = _file_order(ids, shard, offset)
+    if ordered is ids:
+        return ids
+    return _inverse(ordered)
 
 
 def _inverse(perm: np.ndarray) -> np.ndarray:
@@ -214,7 +232,7 @@ def _inverse(perm: np.ndarray) -> np.ndarray:
 #: The registry: name -> mode. Validated by :func:`get_shuffle` when a plan is configured.
 SHUFFLES: dict[str, ShuffleMode] = {
     "block": ShuffleMode("block", block_sequence, buffered_local),
-    "global": ShuffleMode("global", global_sequence, chunk_sorted_local),
+    "global": ShuffleMode("global", global_sequence, chunk_sorted_local, needs_file_pos=True),
     "window": ShuffleMode("window", window_sequence, buffered_local),
 }
 
