@@ -60,7 +60,7 @@ from shardprune.validate import check_bool, check_choice, check_int
 #: Shuffle mode of a :class:`PlanConfig` built without one (the loader picks per storage kind).
 DEFAULT_SHUFFLE = "window"
 #: Adjacent kept samples per block of the ``"block"`` mode.
-DEFAULT_SHUFFLE_BLOCK = 8
+DEFAULT_SHUFFLE_BLOCK = 12
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ class StreamingLoader:
         shuffle_buffer: Sample shuffle buffer in slots (default 1024).
         shuffle: Shuffle mode (``"global"``, ``"block"``, ``"window"``; see
             :mod:`shardprune.loader.shuffle`); default ``"global"`` local, ``"block"`` remote.
-        shuffle_block: Adjacent kept samples per block of the ``"block"`` mode (default 8).
+        shuffle_block: Adjacent kept samples per block of the ``"block"`` mode (default 12).
         drop_last: True: equal full batches on every rank, the remainder trimmed (never
             read). False: ranks padded with weight-0 repeats to equal counts.
         transform: ``fn(sample) -> sample`` run after decoding, in the workers (must be
