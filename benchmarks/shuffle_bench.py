@@ -75,8 +75,13 @@ def layout(args: argparse.Namespace) -> None:
     from shardprune.loader.quality import TABLE_HEADER, manifest_report
 
     lay = imagenet_layout()
+    if args.converted:
+        # What tools/make_shards.py writes by default: the same input in the converter's permutation.
+        from shardprune.format.permute import input_permutation
+
+        lay["labels"] = lay["labels"][input_permutation(IMAGENET_SAMPLES, 0)]
     print(
-        f"# ImageNet-like class-sorted layout: {IMAGENET_SAMPLES:,} samples, {IMAGENET_CLASSES} classes, "
+        f"# ImageNet-like {'converter-shuffled' if args.converted else 'class-sorted'} layout: {IMAGENET_SAMPLES:,} samples, {IMAGENET_CLASSES} classes, "
         f"{IMAGENET_SHARDS} shards, {SAMPLE_BYTES:,} B/sample, world {args.world}, batch {args.batch}, "
         f"keep {args.keep}, {machine()}"
     )
@@ -85,6 +90,8 @@ def layout(args: argparse.Namespace) -> None:
     grid += [("remote", "window", 8), ("remote", "global", 8)]
     grid += [("remote", "block", k) for k in (int(v) for v in args.blocks.split(","))]
     for storage, mode, k in grid:
+        if args.only and mode not in args.only.split(","):
+            continue
         t = time.perf_counter()
         r = manifest_report(
             lay["labels"], lay["shard"], lay["offset"], lay["length"], lay["num_shards"],
@@ -168,7 +175,9 @@ def main() -> None:
     b.add_argument("--world", type=int, default=8)
     b.add_argument("--batch", type=int, default=256)
     b.add_argument("--keep", type=float, default=1.0, help="fraction kept (random)")
-    b.add_argument("--blocks", default="4,8,16", help="block sizes of the block mode")
+    b.add_argument("--blocks", default="4,8,12,16", help="block sizes of the block mode")
+    b.add_argument("--converted", action="store_true", help="labels in the converter's default (shuffled) order")
+    b.add_argument("--only", default="", help="comma-separated modes to run (default all)")
     c = sub.add_parser("epoch", help="local epoch time per mode on a real class-sorted tar dataset")
     c.add_argument("--data", default=None, help="existing dataset (default: generate one in a temp dir)")
     c.add_argument("--samples", type=int, default=20_000)

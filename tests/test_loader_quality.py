@@ -85,6 +85,25 @@ def test_report_reads_only_the_manifest_and_the_converter_shuffle_mixes_window_b
     assert in_order.distinct_labels_uniform == shuffled.distinct_labels_uniform
 
 
+def test_default_mode_follows_the_converter_order_and_storage_kind(tmp_path: Path) -> None:
+    x = np.zeros((40, 4), dtype=np.uint8)
+    y = np.arange(40) // 10
+    DatasetWriter(tmp_path / "sorted", max_samples=10, keep_order=True).write(ArraySource(x, y, num_classes=4))
+    DatasetWriter(tmp_path / "mixed", max_samples=10).write(ArraySource(x, y, num_classes=4))
+    # Shuffled by the converter: the window order is already mixed and makes the fewest requests.
+    assert shuffle_report(tmp_path / "mixed", batch_size=4).shuffle == "window"
+    assert shuffle_report(tmp_path / "mixed", batch_size=4, storage="remote").shuffle == "window"
+    assert shuffle_report(tmp_path / "sorted", batch_size=4).shuffle == "global"
+    assert shuffle_report(tmp_path / "sorted", batch_size=4, storage="remote").shuffle == "block"
+    from shardprune import StreamingLoader
+
+    for name, mode in (("sorted", "global"), ("mixed", "window")):
+        with StreamingLoader(tmp_path / name, batch_size=4, num_epochs=1) as loader:
+            assert loader.cfg.shuffle == mode and loader.config()["shuffle"] == mode
+    with StreamingLoader(tmp_path / "mixed", batch_size=4, num_epochs=1, shuffle="block") as loader:
+        assert loader.cfg.shuffle == "block"
+
+
 def test_cli_prints_a_table_and_json(tmp_path: Path) -> None:
     x = np.zeros((120, 8), dtype=np.uint8)
     DatasetWriter(tmp_path / "ds", max_samples=30, keep_order=True).write(

@@ -31,15 +31,13 @@ from shardprune.errors import ConfigError
 from shardprune.format.manifest import NO_LABEL
 from shardprune.loader.ioplan import plan_reads, summarize
 from shardprune.loader.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, PlanConfig, make_plan
-from shardprune.loader.shuffle import SHUFFLES
+from shardprune.loader.shuffle import SHUFFLES, default_shuffle, is_preshuffled
 from shardprune.loader.streaming import (
     DEFAULT_MAX_BLOCK,
     LOCAL_GAP_BUDGET,
     LOCAL_MAX_GAP,
-    LOCAL_SHUFFLE,
     REMOTE_GAP_BUDGET,
     REMOTE_MAX_GAP,
-    REMOTE_SHUFFLE,
 )
 from shardprune.policies.rng import philox
 from shardprune.validate import check_choice, check_float, check_int
@@ -49,8 +47,8 @@ PURPOSE_REPORT_KEEP = 105
 #: Storage kinds and the loader's defaults for each (one source of truth: the loader's constants).
 STORAGE_KINDS = ("local", "remote")
 _IO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "local": {"shuffle": LOCAL_SHUFFLE, "max_gap": LOCAL_MAX_GAP, "gap_budget": LOCAL_GAP_BUDGET},
-    "remote": {"shuffle": REMOTE_SHUFFLE, "max_gap": REMOTE_MAX_GAP, "gap_budget": REMOTE_GAP_BUDGET},
+    "local": {"max_gap": LOCAL_MAX_GAP, "gap_budget": LOCAL_GAP_BUDGET},
+    "remote": {"max_gap": REMOTE_MAX_GAP, "gap_budget": REMOTE_GAP_BUDGET},
 }
 
 
@@ -182,6 +180,7 @@ def manifest_report(
     max_gap: int | None = None,
     gap_budget: float | None = None,
     max_block: int = DEFAULT_MAX_BLOCK,
+    preshuffled: bool = False,
 ) -> ShuffleReport:
     """:func:`shuffle_report` on manifest columns (for simulated layouts).
 
@@ -191,6 +190,8 @@ def manifest_report(
         storage: ``"local"`` or ``"remote"``: the default shuffle mode and I/O settings.
         keep_fraction: Fraction of samples kept, drawn uniformly (Philox, purpose
             :data:`PURPOSE_REPORT_KEEP`); 1 keeps everything.
+        preshuffled: The converter wrote the samples in a seeded permutation (the header's
+            ``source.order``); only the default ``shuffle`` depends on it.
         Others: as :class:`~shardprune.loader.streaming.StreamingLoader`.
 
     Raises:
@@ -198,7 +199,8 @@ def manifest_report(
     """
     storage = check_choice("storage", storage, STORAGE_KINDS)
     defaults = _IO_DEFAULTS[storage]
-    mode = check_choice("shuffle", defaults["shuffle"] if shuffle is None else shuffle, tuple(sorted(SHUFFLES)))
+    default = default_shuffle(bool(preshuffled), storage == "local")
+    mode = check_choice("shuffle", default if shuffle is None else shuffle, tuple(sorted(SHUFFLES)))
     world = check_int("world_size", world_size, 1)
     fraction = check_float("keep_fraction", keep_fraction, 0.0, 1.0, low_open=True)
     gap = check_int("max_gap", defaults["max_gap"] if max_gap is None else max_gap, 0)
@@ -278,5 +280,6 @@ def shuffle_report(
     m = ds.manifest
     return manifest_report(
         m.label, m.shard, m.offset, m.length, len(ds.header.shards),
-        batch_size=batch_size, world_size=world_size, storage=kind, **settings,
+        batch_size=batch_size, world_size=world_size, storage=kind,
+        preshuffled=is_preshuffled(ds.header.source), **settings,
     )  # fmt: skip

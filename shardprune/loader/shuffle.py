@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -235,6 +236,28 @@ SHUFFLES: dict[str, ShuffleMode] = {
     "global": ShuffleMode("global", global_sequence, chunk_sorted_local, needs_file_pos=True),
     "window": ShuffleMode("window", window_sequence, buffered_local),
 }
+
+
+#: Default modes (measured in benchmarks/results/shuffle.md). A dataset the converter wrote in a
+#: seeded permutation is already mixed across shards, so the window order gives uniform-quality
+#: batches with the fewest requests; an input-ordered (often class-sorted) one needs the
+#: per-sample index: a uniform order locally, blocks of adjacent samples on object storage.
+PRESHUFFLED_SHUFFLE = "window"
+LOCAL_SHUFFLE = "global"
+REMOTE_SHUFFLE = "block"
+
+
+def is_preshuffled(source: dict[str, Any]) -> bool:
+    """Whether a header ``source`` records the converter's permutation (``order.shuffled``)."""
+    order = source.get("order") if isinstance(source, dict) else None
+    return isinstance(order, dict) and order.get("shuffled") is True
+
+
+def default_shuffle(preshuffled: bool, local: bool) -> str:
+    """The default mode for a dataset the converter shuffled or not, stored locally or not."""
+    if preshuffled:
+        return PRESHUFFLED_SHUFFLE
+    return LOCAL_SHUFFLE if local else REMOTE_SHUFFLE
 
 
 def get_shuffle(name: str) -> ShuffleMode:

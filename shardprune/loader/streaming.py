@@ -39,6 +39,7 @@ from shardprune.loader.fetch import UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit, plan_reads
 from shardprune.loader.order import BatchAssembler, PlanOrder
 from shardprune.loader.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, PlanConfig, make_plan
+from shardprune.loader.shuffle import default_shuffle, is_preshuffled
 from shardprune.loader.stats import EpochStats
 from shardprune.policies import make_policy
 from shardprune.policies.decision import EpochDecision, Policy
@@ -60,11 +61,6 @@ REMOTE_MAX_GAP = 16 * 1024
 LOCAL_GAP_BUDGET = 0.0
 REMOTE_GAP_BUDGET = 0.2
 DEFAULT_MAX_BLOCK = 4 * 1024 * 1024
-#: Shuffle modes by storage kind (measured in benchmarks/results/shuffle.md): local reads
-#: afford one read per sample, so the order is uniform; an object-store request costs a
-#: round trip, so blocks of adjacent samples share one.
-LOCAL_SHUFFLE = "global"
-REMOTE_SHUFFLE = "block"
 LOCAL_IO_CONCURRENCY = 1
 REMOTE_IO_CONCURRENCY = 8
 MP_CONTEXTS = ("forkserver", "spawn")
@@ -105,7 +101,8 @@ class StreamingLoader:
         shuffle_window: Shards read round-robin at once (default 4).
         shuffle_buffer: Sample shuffle buffer in slots (default 1024).
         shuffle: Shuffle mode (``"global"``, ``"block"``, ``"window"``; see
-            :mod:`shardprune.loader.shuffle`); default ``"global"`` local, ``"block"`` remote.
+            :mod:`shardprune.loader.shuffle`); default ``"window"`` for a dataset the converter
+            shuffled, else ``"global"`` local and ``"block"`` remote (``default_shuffle``).
         shuffle_block: Adjacent kept samples per block of the ``"block"`` mode (default 12).
         drop_last: True: equal full batches on every rank, the remainder trimmed (never
             read). False: ranks padded with weight-0 repeats to equal counts.
@@ -182,7 +179,9 @@ class StreamingLoader:
             shuffle_window=shuffle_window,
             shuffle_buffer=shuffle_buffer,
             drop_last=bool(drop_last),
-            shuffle=(LOCAL_SHUFFLE if self.dataset.storage.is_local else REMOTE_SHUFFLE) if shuffle is None else shuffle,
+            shuffle=shuffle if shuffle is not None else default_shuffle(
+                is_preshuffled(self.dataset.header.source), self.dataset.storage.is_local
+            ),
             shuffle_block=shuffle_block,
         )
         if policy is None:
