@@ -5,6 +5,7 @@ Run by hand (never from tests); results go to benchmarks/results/shuffle.md.
     python benchmarks/shuffle_bench.py plan-time            # make_plan at 1,281,167 samples / 1,000 shards
     python benchmarks/shuffle_bench.py layout               # quality / requests / bytes per mode (planner only)
     python benchmarks/shuffle_bench.py epoch --samples 20000 # real class-sorted tar dataset, local epoch time
+    python benchmarks/shuffle_bench.py train                # digits MLP: class-sorted vs shuffled shards
 
 ``plan-time --modes window`` also runs on a checkout older than the shuffle modes (the
 "before" number: ``PYTHONPATH=<old checkout> python benchmarks/shuffle_bench.py plan-time
@@ -164,6 +165,60 @@ def epoch(args: argparse.Namespace) -> None:
               f"{count:,} | {ratio:.3f} | {st.requests:,} |")
 
 
+def train(args: argparse.Namespace) -> None:
+    """Digits MLP through the loader: class-sorted shards (window / global) vs converter-shuffled."""
+    import torch
+    import torch.nn.functional as F
+
+    from shardprune import StreamingLoader, open_dataset
+    from shardprune.demo.trainer import InputToFloat
+    from shardprune.format.writer import DatasetWriter
+    from shardprune.models import MLP
+    from shardprune.sources.base import ArraySource
+    from shardprune.sources.builtin import digits_source
+
+    root = Path(tempfile.mkdtemp(prefix="shuffle-train-"))
+    src = digits_source("train")
+    order = np.argsort(src.labels, kind="stable")  # class-sorted input, as imagefolder writes it
+    x, y = np.asarray(src.x)[order], src.labels[order]
+    DatasetWriter(root / "sorted", shard_format="zarr", max_samples=args.shard, keep_order=True).write(
+        ArraySource(x, y, num_classes=10))
+    DatasetWriter(root / "shuffled", shard_format="zarr", max_samples=args.shard).write(
+        ArraySource(x, y, num_classes=10))
+    test = digits_source("test")
+    tx = torch.from_numpy(np.asarray(test.x, dtype=np.float32).reshape(len(test), -1))
+    ty = torch.from_numpy(test.labels)
+    print(f"# digits MLP, {len(y)} train samples class-sorted into {-(-len(y) // args.shard)} zarr shards, "
+          f"batch {args.batch}, shuffle_buffer {args.buffer}, {args.epochs} epochs, Adam lr {args.lr}, "
+          f"full data, seeds {args.seeds}, {machine()}")
+    print("| data | shuffle | distinct labels / batch (epoch 0) | test acc mean | std | per seed |\n|---|---|---|---|---|---|")
+    runs = [("sorted", "window"), ("sorted", "global"), ("shuffled", "window")]
+    for data, mode in runs:
+        accs, distinct = [], 0.0
+        for seed in (int(v) for v in args.seeds.split(",")):
+            torch.manual_seed(seed)
+            model = MLP(64, 10, input_scale=1 / 16)
+            opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+            ds = open_dataset(root / data)
+            with StreamingLoader(ds, batch_size=args.batch, num_epochs=args.epochs, seed=seed, shuffle=mode,
+                                 shuffle_buffer=args.buffer, transform=InputToFloat("x"), mixup=False) as loader:
+                for epoch in range(args.epochs):
+                    loader.set_epoch(epoch)
+                    counts = []
+                    for batch in loader:
+                        counts.append(len(set(batch["label"].tolist())))
+                        loss = F.cross_entropy(model(batch["x"].reshape(len(batch["ids"]), -1)), batch["label"])
+                        opt.zero_grad()
+                        loss.backward()
+                        opt.step()
+                    if epoch == 0:
+                        distinct = float(np.mean(counts))
+            with torch.no_grad():
+                accs.append(float((model(tx).argmax(1) == ty).float().mean()))
+        print(f"| {data} | {mode} | {distinct:.1f} | {np.mean(accs):.4f} | {np.std(accs):.4f} | "
+              f"{', '.join(f'{a:.4f}' for a in accs)} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -187,8 +242,15 @@ def main() -> None:
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--rounds", type=int, default=5)
     c.add_argument("--modes", default="window,global,block")
+    d = sub.add_parser("train", help="digits MLP on class-sorted vs converter-shuffled shards, per mode")
+    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--buffer", type=int, default=32, help="shuffle buffer (small, as 1,024 of 1.28M)")
+    d.add_argument("--shard", type=int, default=40, help="samples per shard")
+    d.add_argument("--lr", type=float, default=3e-3)
+    d.add_argument("--seeds", default="0,1,2")
     args = p.parse_args()
-    {"plan-time": plan_time, "layout": layout, "epoch": epoch}[args.command](args)
+    {"plan-time": plan_time, "layout": layout, "epoch": epoch, "train": train}[args.command](args)
 
 
 if __name__ == "__main__":
