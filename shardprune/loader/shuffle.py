@@ -152,7 +152,8 @@ def block_sequence(
     num_blocks = int(per_shard.sum())
     rank_of_block = np.empty(num_blocks, dtype=np.int64)
     rank_of_block[philox(seed, PURPOSE_BLOCKS, epoch).permutation(num_blocks)] = np.arange(num_blocks)
-    return kept[np.lexsort((within, rank_of_block[block_of]))]
+    # (block rank, position in block) is unique: one int64 key instead of a two-key lexsort.
+    return kept[np.argsort(rank_of_block[block_of] * p.block + within % p.block)]
 
 
 def global_sequence(
