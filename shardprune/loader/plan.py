@@ -2,7 +2,7 @@
 
 Nothing here reads a byte, a clock, a PID or a global RNG. The plan is a function of
 ``(seed, epoch, keep, weights, manifest shard/offset columns, world, batch_size,
-shuffle_window, shuffle_buffer, drop_last)``; the same arguments always give the same
+shuffle, shuffle_window, shuffle_buffer, shuffle_block, drop_last)``; the same arguments always give the same
 arrays, on every machine. Worker count is deliberately *not* an input: workers only
 share the reading of the plan's read units, and the loader puts results back in plan
 order, so the sample order is the same with 0, 1 or N workers.
@@ -21,7 +21,7 @@ How the order is built:
    ``"window"`` and ``"block"`` read the slice in sequence order and yield it through the
    shuffle buffer (step 4); ``"global"`` yields the sequence as it is and reads each chunk
    of ``shuffle_buffer`` slots in (shard, offset) order.
-3. **Rank split.** The global read order over the T kept samples is cut into
+3. **Rank split.** The global sequence over the T kept samples is cut into
    ``world_size`` contiguous slices: rank r gets ``T // W + (r < T % W)`` slots. The
    slices are disjoint and their union is the kept set.
 4. **Sample shuffle buffer** (``"window"``, ``"block"``). Each rank's slots pass through a buffer of
@@ -57,7 +57,8 @@ from shardprune.errors import ConfigError
 from shardprune.loader.shuffle import SHUFFLES, ShuffleParams, file_positions, get_shuffle
 from shardprune.validate import check_bool, check_choice, check_int
 
-#: Shuffle mode of a :class:`PlanConfig` built without one (the loader picks per storage kind).
+#: Shuffle mode of a :class:`PlanConfig` built without one (the loader picks its own default,
+#: see :func:`shardprune.loader.shuffle.default_shuffle`).
 DEFAULT_SHUFFLE = "window"
 #: Adjacent kept samples per block of the ``"block"`` mode.
 DEFAULT_SHUFFLE_BLOCK = 12
