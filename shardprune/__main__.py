@@ -1,4 +1,4 @@
-"""Command line: ``python -m shardprune demo|convert`` (also the ``shardprune`` console script)."""
+"""Command line: ``python -m shardprune demo|convert|shuffle-report`` (also the ``shardprune`` console script)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert data (imagefolder, parquet, arrays, cifar, ...) to shards, or index WebDataset tars in place; "
         "shardprune convert --help",
     )
+    from shardprune.loader import quality_cli
+
+    quality_cli.add_parser(sub)
     return parser
 
 
@@ -119,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "shuffle-report":
+        from shardprune.loader import quality_cli
+
+        return quality_cli.run(args)
     from shardprune.demo.run import demo_options, run_demo
 
     try:

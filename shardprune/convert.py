@@ -64,6 +64,8 @@ def convert(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    keep_order: bool = False,
+    shuffle_seed: int = 0,
     **source_options: Any,
 ) -> Header:
     """Convert a source to a dataset at ``output``; return its header.
@@ -75,6 +77,8 @@ def convert(
         shard_format, max_bytes, max_samples, workers, compression, overwrite,
             storage_options: See :class:`~shardprune.format.writer.DatasetWriter`.
         progress: Called with the number of samples finished since the last call.
+        keep_order, shuffle_seed: Input order, or the seeded permutation written by default
+            (see :mod:`shardprune.format.permute`).
         **source_options: The source's own options, e.g. ``root=`` for ``imagefolder``.
     """
     writer = DatasetWriter(
@@ -86,6 +90,8 @@ def convert(
         compression=compression,
         overwrite=overwrite,
         storage_options=storage_options,
+        keep_order=keep_order,
+        shuffle_seed=shuffle_seed,
     )
     return writer.write(make_source(kind, **source_options), progress)
 

@@ -72,6 +72,8 @@ def _add_writer_options(p: argparse.ArgumentParser, *, arrays: bool) -> None:
             "--compression", choices=("none", "zstd"), default="none", help="zarr inner-chunk compression"
         )
     p.add_argument("--overwrite", action="store_true", help="replace a different dataset already at --output")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the input order (default: a seeded permutation)")
+    p.add_argument("--shuffle-seed", type=int, default=0, help="seed of the sample permutation (default 0)")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint for an s3:// output (e.g. a local server)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -221,6 +223,8 @@ def run(args: argparse.Namespace) -> Header:
             compression=getattr(args, "compression", "none"),
             overwrite=args.overwrite,
             storage_options=options,
+            keep_order=args.no_shuffle,
+            shuffle_seed=args.shuffle_seed,
         )
         progress: Callable[[int], Any]
         with _bar(len(source), args.no_progress) as bar:

@@ -41,7 +41,7 @@ def write_dataset(
 ) -> ArraySource:
     """Write the standard test dataset to ``out`` (local or s3://) and return its source."""
     src = make_arrays(n)
-    DatasetWriter(out, shard_format=shard_format, max_samples=per_shard, storage_options=storage_options).write(src)
+    DatasetWriter(out, shard_format=shard_format, max_samples=per_shard, storage_options=storage_options, keep_order=True).write(src)
     return src
 
 

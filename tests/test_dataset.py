@@ -20,7 +20,7 @@ from shardprune.sources.base import ArraySource
 def _write(out: Path, shard_format: str = "tar") -> ArraySource:
     rng = np.random.default_rng(1)
     src = ArraySource(rng.standard_normal((30, 9)).astype(np.float32), rng.integers(0, 5, 30), num_classes=5)
-    DatasetWriter(out, shard_format=shard_format, max_samples=10).write(src)
+    DatasetWriter(out, shard_format=shard_format, max_samples=10, keep_order=True).write(src)
     return src
 
 

@@ -18,6 +18,7 @@ from shardprune.convert import convert
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.errors import CorruptSampleError, DatasetNotFoundError, OutputExistsError
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME
+from shardprune.format.permute import input_permutation
 from shardprune.format.writer import DatasetWriter
 from shardprune.sources.base import ArraySource
 
@@ -63,7 +64,8 @@ def test_tar_to_s3_matches_local_and_reads_back(tmp_path: Path, s3_server: Any) 
     assert remote.manifest_sha256 == local.manifest_sha256 and len(remote.shards) == 3
     assert _remote_digest(_fs(s3_server), url) == _local_digest(tmp_path / "local")
     ds = open_dataset(url, opts)
-    for i, (data, label) in enumerate(expected):
+    for i, src in enumerate(input_permutation(len(expected), 0).tolist()):  # the converter shuffles
+        data, label = expected[src]
         sample = ds.read_sample(i)
         assert sample["jpg"] == data and sample["label"] == label
     # Same input again: nothing changes; a different one is refused without --overwrite.
@@ -79,7 +81,7 @@ def test_zarr_to_s3_and_corruption_is_named(s3_server: Any) -> None:
     y = rng.integers(0, 3, 30)
     url = s3_server.url()
     opts = s3_server.storage_options
-    header = DatasetWriter(url, shard_format="zarr", compression="zstd", max_samples=8, storage_options=opts).write(
+    header = DatasetWriter(url, shard_format="zarr", compression="zstd", max_samples=8, storage_options=opts, keep_order=True).write(
         ArraySource(x, y)
     )
     ds = ShardedDataset(url, opts)

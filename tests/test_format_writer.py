@@ -53,7 +53,7 @@ def test_plan_covers_all_samples_within_limits(sizes: list[int], max_bytes: int 
 @pytest.mark.parametrize("shard_format", ["tar", "zarr"])
 def test_round_trip_and_rolling_by_count(tmp_path: Path, shard_format: str) -> None:
     src = _source()
-    header = DatasetWriter(tmp_path / "out", shard_format=shard_format, max_samples=16).write(src)
+    header = DatasetWriter(tmp_path / "out", shard_format=shard_format, max_samples=16, keep_order=True).write(src)
     assert [s.samples for s in header.shards] == [16, 16, 16, 2]
     ds = ShardedDataset(tmp_path / "out")
     np.testing.assert_array_equal(ds.labels, src.labels)

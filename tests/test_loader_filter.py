@@ -43,7 +43,8 @@ def _write(out: Path, workers: int = 1) -> ArraySource:
     x = np.zeros((N, 4), dtype=np.float32)
     x[:, 0] = np.arange(N)
     src = ArraySource(x, np.arange(N) % 12, num_classes=12)
-    DatasetWriter(out, max_samples=16, workers=workers, metadata=width_and_tag).write(src)
+    # Input order kept: the tests below relate ids to the input's labels.
+    DatasetWriter(out, max_samples=16, workers=workers, metadata=width_and_tag, keep_order=True).write(src)
     return src
 
 
@@ -82,14 +83,30 @@ def test_parquet_columns_and_image_paths_become_metadata(tmp_path: Path) -> None
 
     table = pa.table({"image": [png(i) for i in range(6)], "label": [0, 1] * 3, "width": [10, 300, 20, 400, 30, 500]})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=4)
-    DatasetWriter(tmp_path / "pq").write(ParquetSource(tmp_path / "t.parquet", metadata_columns=["width"]))
-    assert ShardedDataset(tmp_path / "pq").manifest.metadata["width"].to_pylist() == [10, 300, 20, 400, 30, 500]
+    widths = [10, 300, 20, 400, 30, 500]
+    DatasetWriter(tmp_path / "pq", keep_order=True).write(
+        ParquetSource(tmp_path / "t.parquet", metadata_columns=["width"])
+    )
+    assert ShardedDataset(tmp_path / "pq").manifest.metadata["width"].to_pylist() == widths
+    # Shuffled by the converter (the default), each sample's metadata moves with it.
+    DatasetWriter(tmp_path / "pqs").write(ParquetSource(tmp_path / "t.parquet", metadata_columns=["width"]))
+    shuffled = ShardedDataset(tmp_path / "pqs")
+    m = shuffled.manifest
+    by_png = {png(v): v for v in range(6)}
+    origin = []
+    for i in range(6):
+        shard = (tmp_path / "pqs" / shuffled.shard_path(int(m.shard[i]))).read_bytes()
+        sample = shuffled.decode(i, shard[int(m.offset[i]) : int(m.offset[i]) + int(m.length[i])])
+        (v,) = [by_png[b] for b in sample.values() if isinstance(b, bytes) and b in by_png]
+        origin.append(v)
+    assert sorted(origin) == list(range(6)) and origin != list(range(6))
+    assert m.metadata["width"].to_pylist() == [widths[v] for v in origin]
     for cls in ("cat", "dog"):
         (tmp_path / "img" / cls).mkdir(parents=True)
         for j, origin in enumerate(("web", "scan", "web")):
             (tmp_path / "img" / cls / f"{origin}_{j}.png").write_bytes(png(j))
     src = ImageFolderSource(tmp_path / "img", path_column="path", path_pattern=r"(?P<origin>[a-z]+)_(?P<num>\d+)")
-    DatasetWriter(tmp_path / "if").write(src)
+    DatasetWriter(tmp_path / "if", keep_order=True).write(src)
     meta = ShardedDataset(tmp_path / "if").manifest.metadata
     assert meta["path"].to_pylist() == ["cat/scan_1.png", "cat/web_0.png", "cat/web_2.png"] + [
         "dog/scan_1.png", "dog/web_0.png", "dog/web_2.png"

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from shardprune.errors import ConfigError
 from shardprune.loader.ioplan import plan_reads, summarize
 from shardprune.loader.plan import PlanConfig, make_plan
+from shardprune.loader.shuffle import SHUFFLES
 
 
 def _layout(n: int, shards: int, size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -22,12 +23,13 @@ def _layout(n: int, shards: int, size: int = 1024) -> tuple[np.ndarray, np.ndarr
     return shard, offset, np.full(n, size, dtype=np.int64)
 
 
-def _tiny_plan(rank: int, world: int, epoch: int) -> list[int]:
+def _tiny_plan(rank: int, world: int, epoch: int, shuffle: str = "window") -> list[int]:
     n = 40
     shard, offset, _ = _layout(n, 4)
     keep = np.ones(n, dtype=bool)
     keep[::5] = False
-    cfg = PlanConfig(seed=7, batch_size=4, rank=rank, world_size=world, shuffle_window=2, shuffle_buffer=8)
+    cfg = PlanConfig(seed=7, batch_size=4, rank=rank, world_size=world, shuffle_window=2, shuffle_buffer=8,
+                     shuffle=shuffle, shuffle_block=3)
     return [int(i) for i in make_plan(keep, np.ones(n, np.float32), shard, offset, 4, cfg, epoch).ids()]
 
 
@@ -36,6 +38,13 @@ def test_golden_order() -> None:
     assert _tiny_plan(0, 2, 0) == [1, 22, 24, 6, 4, 9, 2, 23, 7, 21, 8, 26, 29, 3, 27, 28]
     assert _tiny_plan(1, 2, 0) == [32, 31, 12, 34, 13, 11, 37, 36, 39, 17, 33, 16, 38, 19, 14, 18]
     assert _tiny_plan(0, 1, 1)[:12] == [32, 22, 23, 27, 26, 31, 33, 34, 28, 38, 24, 37]
+    # The modes added with issue 12 (new orders, nothing changed for "window").
+    assert _tiny_plan(0, 2, 0, "global") == GOLDEN_GLOBAL
+    assert _tiny_plan(0, 2, 0, "block") == GOLDEN_BLOCK
+
+
+GOLDEN_GLOBAL = [21, 31, 28, 11, 3, 32, 6, 1, 29, 24, 17, 27, 22, 19, 8, 37]
+GOLDEN_BLOCK = [14, 1, 3, 8, 28, 26, 16, 2, 9, 29, 24, 27, 13, 17, 11, 12]
 
 
 def test_plan_is_a_pure_function_of_its_inputs() -> None:
@@ -66,9 +75,12 @@ def test_plan_is_a_pure_function_of_its_inputs() -> None:
     drop_last=st.booleans(),
     keep_frac=st.floats(0.0, 1.0),
     seed=st.integers(0, 2**40),
+    mode=st.sampled_from(sorted(SHUFFLES)),
+    block=st.integers(1, 6),
 )
 def test_ranks_disjoint_cover_kept_equal_batches(
-    n: int, shards: int, world: int, batch: int, window: int, buffer: int, drop_last: bool, keep_frac: float, seed: int
+    n: int, shards: int, world: int, batch: int, window: int, buffer: int, drop_last: bool, keep_frac: float, seed: int,
+    mode: str, block: int,
 ) -> None:
     shard, offset, _ = _layout(n, shards)
     keep = np.random.default_rng(seed).random(n) < keep_frac
@@ -79,7 +91,7 @@ def test_ranks_disjoint_cover_kept_equal_batches(
         make_plan(
             keep, weights, shard, offset, shards,
             PlanConfig(seed=seed, batch_size=batch, rank=r, world_size=world, shuffle_window=window,
-                       shuffle_buffer=buffer, drop_last=drop_last),
+                       shuffle_buffer=buffer, drop_last=drop_last, shuffle=mode, shuffle_block=block),
             epoch=1,
         )
         for r in range(world)
@@ -183,7 +195,7 @@ def test_adjacent_samples_merge_and_gaps_are_counted() -> None:
 def test_bad_plan_arguments() -> None:
     with pytest.raises(ConfigError, match=r"batch_size=0 must be an int >= 1"):
         PlanConfig(seed=0, batch_size=0)
-    with pytest.raises(ConfigError, match=r"rank=3 is outside 0..1"):
+    with pytest.raises(ConfigError, match=r"rank=3 must be an int in \[0, 1\]"):
         PlanConfig(seed=0, batch_size=1, rank=3, world_size=2)
     with pytest.raises(ConfigError, match="max_gap=-1 must be >= 0"):
         plan_reads(np.arange(1), np.arange(1), np.zeros(1, int), np.zeros(1, int), np.ones(1, int), max_gap=-1,

@@ -97,6 +97,11 @@ def test_resume_at_every_batch_in_process(ds: Path, epoch: int) -> None:
     assert _check_resume(ds, epoch) >= 10
 
 
+@pytest.mark.parametrize("shuffle", ["window", "block", "global"])
+def test_resume_at_every_batch_for_every_shuffle_mode(ds: Path, shuffle: str) -> None:
+    assert _check_resume(ds, 1, shuffle=shuffle, shuffle_block=3) >= 10
+
+
 def test_resume_with_workers_and_transform(ds: Path) -> None:
     # Worker pipelines are rebuilt per resume (new processes), so a sample of stop points.
     _check_resume(ds, 1, [0, 1, 5, 9, 12], num_workers=2, transform=as_float, prefetch_batches=3)

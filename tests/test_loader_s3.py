@@ -32,6 +32,7 @@ def _run(root: Path | str, **kw: Any) -> tuple[list[np.ndarray], dict[str, int]]
     args: dict[str, Any] = dict(
         batch_size=10, num_epochs=2, seed=4, policy=make_policy("random", prune_ratio=0.5), store=SeenStore(n=N),
         shuffle_buffer=40, drop_last=False, transform=as_float,
+        shuffle="window",  # the same order local and remote (their default modes differ)
     )
     args.update(kw)
     with StreamingLoader(root, **args) as loader:

@@ -55,7 +55,8 @@ def _imagefolder(root: Path, per_class: int = 4) -> list[tuple[bytes, int]]:
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = make_shards.main([*argv, *(["--no-progress"] if argv[0] != "--help" else [])])
+    extra = [] if argv[0] == "--help" else ["--no-progress"] if argv[0] == "index" else ["--no-progress", "--no-shuffle"]
+    code = make_shards.main([*argv, *extra])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -134,7 +135,7 @@ def test_imagefolder_workers_give_identical_bytes(tmp_path: Path, capsys: pytest
 
 def test_imagefolder_reencode(tmp_path: Path) -> None:
     _imagefolder(tmp_path / "in", per_class=2)
-    header = convert("imagefolder", tmp_path / "out", root=tmp_path / "in", reencode="png")
+    header = convert("imagefolder", tmp_path / "out", root=tmp_path / "in", reencode="png", keep_order=True)
     assert set(header.fields) == {"png", "cls"}
     ds = ShardedDataset(tmp_path / "out")
     original = Image.open(tmp_path / "in" / "ant" / "01.png")
@@ -217,12 +218,12 @@ def test_cifar(tmp_path: Path, variant: str, protocol: int, shard_format: str, c
         for i, s in enumerate(decoded):
             np.testing.assert_array_equal(s["png"], x[i])
     if variant == "cifar100":
-        coarse = convert("cifar", tmp_path / "coarse", root=tmp_path / "c", label_kind="coarse", shard_format=shard_format)
+        coarse = convert("cifar", tmp_path / "coarse", root=tmp_path / "c", label_kind="coarse", shard_format=shard_format, keep_order=True)
         assert coarse.num_classes == 20
         np.testing.assert_array_equal(ShardedDataset(tmp_path / "coarse").labels, np.asarray(y) % 20)
     (tmp_path / "c" / ("data_batch_3" if variant == "cifar10" else "train")).unlink()
     _fails(capsys, "cannot read", "cifar", str(tmp_path / "c"), "-o", str(tmp_path / "broken"))
-    test = convert("cifar", tmp_path / "test", root=tmp_path / "c", split="test", tar_encoding="npy")
+    test = convert("cifar", tmp_path / "test", root=tmp_path / "c", split="test", tar_encoding="npy", keep_order=True)
     assert test.num_samples == 6
     np.testing.assert_array_equal(
         np.load(io.BytesIO(ShardedDataset(tmp_path / "test").read_sample(5)["npy"])),
@@ -264,8 +265,8 @@ def test_parquet(tmp_path: Path, struct: bool, capsys: pytest.CaptureFixture[str
 def test_digits(tmp_path: Path, shard_format: str) -> None:
     from sklearn.datasets import load_digits
 
-    train = convert_builtin("digits", tmp_path / "tr", split="train", shard_format=shard_format)
-    test = convert_builtin("digits", tmp_path / "te", split="test", shard_format=shard_format)
+    train = convert_builtin("digits", tmp_path / "tr", split="train", shard_format=shard_format, keep_order=True)
+    test = convert_builtin("digits", tmp_path / "te", split="test", shard_format=shard_format, keep_order=True)
     assert (train.num_samples, test.num_samples) == (1438, 359)
     digits = load_digits()
     is_test = np.arange(len(digits.target)) % 5 == 4

@@ -95,7 +95,8 @@ def write_split(source: ArraySource, out: Path) -> ShardedDataset:
     existing complete dataset at ``out`` is the same data and is reused.
     """
     if not (out / HEADER_NAME).exists():
-        DatasetWriter(os.fspath(out), shard_format="zarr", max_samples=SHARD_SAMPLES).write(source)
+        # Input order: the demo also reads these splits as in-memory arrays, position by position.
+        DatasetWriter(os.fspath(out), shard_format="zarr", max_samples=SHARD_SAMPLES, keep_order=True).write(source)
     return ShardedDataset(os.fspath(out))
 
 

@@ -28,11 +28,13 @@ from shardprune.errors import ConfigError, DatasetError, OutputExistsError, Sour
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME, SHARD_FORMATS, Header, ShardInfo
 from shardprune.format.manifest import Manifest, sha256
 from shardprune.format.metadata import Columns, MetadataFn, columns_from_rows, combine, merge
+from shardprune.format.permute import ORDER_KEY, order_record, permuted
 from shardprune.format.tarwriter import TarShardWriter, padded_size, sample_key
 from shardprune.format.zarrsample import COMPRESSIONS
 from shardprune.format.zarrwriter import write_zarr_shard
 from shardprune.sources.base import ArraySource, Source
 from shardprune.storage import Storage, open_storage
+from shardprune.validate import check_bool, check_int
 
 if TYPE_CHECKING:
     from shardprune.format.samplewriter import SampleWriter
@@ -267,6 +269,9 @@ class DatasetWriter:
             it is written (picklable when ``workers > 1``), for manifest metadata columns
             that filters read without reading shards (default None). Added to the
             source's own columns (``ParquetSource(metadata_columns=...)``, ...).
+        keep_order: Write samples in input order (default False: a seeded permutation of
+            the whole input, see :mod:`shardprune.format.permute`; recorded in the header).
+        shuffle_seed: Seed of that permutation (default 0).
     """
 
     def __init__(
@@ -281,9 +286,14 @@ class DatasetWriter:
         overwrite: bool = False,
         storage_options: dict[str, Any] | None = None,
         metadata: MetadataFn | None = None,
+        keep_order: bool = False,
+        shuffle_seed: int = 0,
     ) -> None:
         if metadata is not None and not callable(metadata):
             raise ConfigError(f"metadata={metadata!r} must be a callable fn(sample_id, fields) -> dict, or None")
+        self.shuffle_seed: int | None = (
+            None if check_bool("keep_order", keep_order) else check_int("shuffle_seed", shuffle_seed, 0, 2**128 - 1)
+        )
         if shard_format not in SHARD_FORMATS:
             raise ConfigError(f"shard_format={shard_format!r} is not one of {SHARD_FORMATS}")
         if max_bytes is not None and max_bytes < 1:
@@ -329,6 +339,7 @@ class DatasetWriter:
         """
         if len(source) == 0:
             raise SourceError(f"the {source.kind} source has no samples; nothing to convert")
+        source = permuted(source, self.shuffle_seed)
         jobs = [
             (i, start, stop)
             for i, (start, stop) in enumerate(plan_shards(self._sizes(source), self.max_bytes, self.max_samples))
@@ -424,7 +435,7 @@ class DatasetWriter:
             shards=tuple(r.info for r in results),
             manifest_sha256=sha256(manifest_bytes),
             num_classes=source.num_classes,
-            source=source.description,
+            source={**source.description, ORDER_KEY: order_record(self.shuffle_seed)},
         )
         return header, manifest_bytes
 

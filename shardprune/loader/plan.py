@@ -2,29 +2,34 @@
 
 Nothing here reads a byte, a clock, a PID or a global RNG. The plan is a function of
 ``(seed, epoch, keep, weights, manifest shard/offset columns, world, batch_size,
-shuffle_window, shuffle_buffer, drop_last)``; the same arguments always give the same
+shuffle, shuffle_window, shuffle_buffer, shuffle_block, drop_last)``; the same arguments always give the same
 arrays, on every machine. Worker count is deliberately *not* an input: workers only
 share the reading of the plan's read units, and the loader puts results back in plan
 order, so the sample order is the same with 0, 1 or N workers.
 
-How the order is built (a locality-preserving shuffle in the spirit of wids/MosaicML):
+How the order is built:
 
-1. **Shard order.** The shards are permuted by a Philox stream keyed by ``seed`` with
-   counter ``(PURPOSE_SHARDS, epoch)``.
-2. **Shard windows and read order.** Consecutive groups of ``shuffle_window`` shards
-   (in permuted order) form a window. Inside a window the shards are read round-robin,
-   ``run = ceil(shuffle_buffer / shuffle_window)`` consecutive kept samples of a shard
-   per turn, each shard in ascending byte offset. This global *read order* keeps reads
-   sequential within a shard (so the I/O planner can merge them) while the shuffle
-   buffer always holds samples from every shard of the window.
-3. **Rank split.** The global read order over the T kept samples is cut into
+1. **Global sequence.** The shuffle mode (:mod:`shardprune.loader.shuffle`, chosen by
+   ``PlanConfig.shuffle``: ``"window"``, ``"block"`` or ``"global"``) orders the T kept
+   samples. ``"window"`` (a locality-preserving shuffle in the spirit of wids/MosaicML)
+   permutes the shards by a Philox stream ``(PURPOSE_SHARDS, epoch)`` and reads groups of
+   ``shuffle_window`` shards round-robin, ``run = ceil(shuffle_buffer / shuffle_window)``
+   consecutive kept samples of a shard per turn, each shard in ascending byte offset.
+   ``"block"`` permutes blocks of ``shuffle_block`` adjacent kept samples; ``"global"`` is a
+   uniform permutation of the kept samples.
+2. **Read order and yield order** of each rank's slice come from the mode's local step:
+   ``"window"`` and ``"block"`` read the slice in sequence order and yield it through the
+   shuffle buffer (step 4); ``"global"`` yields the sequence as it is and reads each chunk
+   of ``shuffle_buffer`` slots in (shard, offset) order.
+3. **Rank split.** The global sequence over the T kept samples is cut into
    ``world_size`` contiguous slices: rank r gets ``T // W + (r < T % W)`` slots. The
    slices are disjoint and their union is the kept set.
-4. **Sample shuffle buffer.** Each rank's slots pass through a buffer of
+4. **Sample shuffle buffer** (``"window"``, ``"block"``). Each rank's slots pass through a buffer of
    ``shuffle_buffer`` slots (Philox counter ``(PURPOSE_BUFFER, epoch, rank)``): once the
    buffer is full, each incoming slot replaces a uniformly drawn resident, which is
    emitted; the remainder is emitted in a random permutation. A sample is therefore read
-   at most ``shuffle_buffer`` positions before it is yielded, which bounds memory.
+   at most ``shuffle_buffer`` positions before it is yielded, which bounds memory. The
+   buffer is computed without a Python loop (:func:`~shardprune.loader.shuffle.buffer_shuffle`).
 5. **Equal batches on every rank** (unequal counts hang DDP):
 
    * ``drop_last=True``: every rank yields ``(T // W) // B`` full batches; its emitted
@@ -49,11 +54,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardprune.errors import ConfigError
-from shardprune.policies.rng import philox
+from shardprune.loader.shuffle import SHUFFLES, ShuffleParams, file_positions, get_shuffle
+from shardprune.validate import check_bool, check_choice, check_int
 
-#: Philox purpose words of the loader's streams (the policies use 1..5).
-PURPOSE_SHARDS = 101
-PURPOSE_BUFFER = 102
+#: Shuffle mode of a :class:`PlanConfig` built without one (the loader picks its own default,
+#: see :func:`shardprune.loader.shuffle.default_shuffle`).
+DEFAULT_SHUFFLE = "window"
+#: Adjacent kept samples per block of the ``"block"`` mode.
+DEFAULT_SHUFFLE_BLOCK = 12
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,8 @@ class PlanConfig:
         shuffle_window: Shards per window (>= 1); 1 reads shard by shard.
         shuffle_buffer: Slots in the sample shuffle buffer (>= 1); 1 disables sample shuffling.
         drop_last: Equal-batches rule; see the module docstring.
+        shuffle: Shuffle mode name, one of :data:`shardprune.loader.shuffle.SHUFFLES`.
+        shuffle_block: Adjacent kept samples per block of the ``"block"`` mode (>= 1).
     """
 
     seed: int
@@ -77,14 +87,21 @@ class PlanConfig:
     shuffle_window: int = 4
     shuffle_buffer: int = 1024
     drop_last: bool = True
+    shuffle: str = DEFAULT_SHUFFLE
+    shuffle_block: int = DEFAULT_SHUFFLE_BLOCK
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "world_size", "shuffle_window", "shuffle_buffer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be an int >= 1")
-        if not 0 <= self.rank < self.world_size:
-            raise ConfigError(f"rank={self.rank} is outside 0..{self.world_size - 1}")
+        for name in ("batch_size", "world_size", "shuffle_window", "shuffle_buffer", "shuffle_block"):
+            check_int(name, getattr(self, name), 1)
+        check_int("rank", self.rank, 0, self.world_size - 1, fix="pass the rank of this process in 0..world_size-1")
+        check_int("seed", self.seed, 0, 2**128 - 1)
+        check_bool("drop_last", self.drop_last)
+        check_choice("shuffle", self.shuffle, tuple(sorted(SHUFFLES)))
+
+    @property
+    def shuffle_params(self) -> ShuffleParams:
+        """The parameters the shuffle mode reads."""
+        return ShuffleParams(window=self.shuffle_window, buffer=self.shuffle_buffer, block=self.shuffle_block)
 
 
 @dataclass(frozen=True)
@@ -142,7 +159,7 @@ class EpochPlan:
 def read_order(
     keep: np.ndarray, shard: np.ndarray, offset: np.ndarray, num_shards: int, cfg: PlanConfig, epoch: int
 ) -> np.ndarray:
-    """The global read order of the kept samples (steps 1-2 of the module docstring).
+    """The global sequence of the kept samples (step 1 of the module docstring).
 
     Args:
         keep: bool[N] keep decision.
@@ -153,39 +170,12 @@ def read_order(
         epoch: Epoch number (>= 0).
 
     Returns:
-        int64[T], sample ids in global read order.
+        int64[T], sample ids in global sequence order (the rank split cuts it in slices).
     """
-    perm = philox(cfg.seed, PURPOSE_SHARDS, epoch).permutation(num_shards)
-    shard_pos = np.empty(num_shards, dtype=np.int64)
-    shard_pos[perm] = np.arange(num_shards, dtype=np.int64)
     kept = np.flatnonzero(np.asarray(keep, dtype=bool)).astype(np.int64)
-    if kept.size == 0:
-        return kept
-    pos = shard_pos[shard[kept]]
-    kept = kept[np.lexsort((offset[kept], pos))]
-    pos = shard_pos[shard[kept]]
-    # Rank of each sample within its shard (in offset order), then round-robin runs.
-    starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
-    counts = np.diff(np.r_[starts, kept.size])
-    within = np.arange(kept.size, dtype=np.int64) - np.repeat(starts, counts)
-    run = -(-cfg.shuffle_buffer // cfg.shuffle_window)
-    window = pos // cfg.shuffle_window
-    turn = within // run
-    return kept[np.lexsort((within, pos, turn, window))]
-
-
-def _buffer_shuffle(n: int, buffer: int, gen: np.random.Generator) -> np.ndarray:
-    if buffer <= 1 or n <= 1:
-        return np.arange(n, dtype=np.int64)
-    draws = gen.integers(0, buffer, size=max(n - buffer, 0)).tolist()
-    buf = list(range(min(buffer, n)))
-    out: list[int] = []
-    for s, j in zip(range(len(buf), n), draws):
-        out.append(buf[j])
-        buf[j] = s
-    tail = gen.permutation(len(buf))
-    out.extend(buf[k] for k in tail.tolist())
-    return np.asarray(out, dtype=np.int64)
+    mode = get_shuffle(cfg.shuffle)
+    shard_a, offset_a = np.asarray(shard), np.asarray(offset)
+    return mode.sequence(kept, shard_a, offset_a, num_shards, cfg.seed, epoch, cfg.shuffle_params).astype(np.int64)
 
 
 def make_plan(
@@ -219,8 +209,7 @@ def make_plan(
         raise ConfigError(
             f"keep/weights/shard/offset lengths differ: {len(keep)}, {len(weights)}, {len(shard)}, {len(offset)}"
         )
-    if epoch < 0:
-        raise ConfigError(f"epoch={epoch} must be >= 0")
+    epoch = check_int("epoch", epoch, 0)
     glob = read_order(keep, shard, offset, num_shards, cfg, epoch)
     total = int(glob.size)
     w, r, b = cfg.world_size, cfg.rank, cfg.batch_size
@@ -228,8 +217,10 @@ def make_plan(
     start = r * base + min(r, extra)
     size = base + (1 if r < extra else 0)
     ids = glob[start : start + size]
-    gen = philox(cfg.seed, PURPOSE_BUFFER, epoch, r)
-    order = _buffer_shuffle(size, cfg.shuffle_buffer, gen)
+    mode = get_shuffle(cfg.shuffle)
+    file_pos = file_positions(np.asarray(shard), np.asarray(offset))[ids] if mode.needs_file_pos else ids[:0]
+    read, order = mode.local(size, cfg.seed, epoch, r, cfg.shuffle_params, file_pos)
+    ids = ids[read]
     padded = 0
     slot_padded = np.zeros(size, dtype=bool)
     if cfg.drop_last:

@@ -52,7 +52,8 @@ from shardprune.loader.pipeline import (
     EpochPipeline,
     preload_forkserver,
 )
-from shardprune.loader.plan import EpochPlan, PlanConfig
+from shardprune.loader.plan import DEFAULT_SHUFFLE_BLOCK, EpochPlan, PlanConfig
+from shardprune.loader.shuffle import default_shuffle, is_preshuffled
 from shardprune.loader.filter import FilterSpec, filter_config, filter_ids
 from shardprune.loader.stats import EpochStats
 from shardprune.loader.workers import WorkerPool
@@ -113,6 +114,10 @@ class StreamingLoader:
         num_workers: Fetch processes (default 0: fetch in this process).
         shuffle_window: Shards read round-robin at once (default 4).
         shuffle_buffer: Sample shuffle buffer in slots (default 1024).
+        shuffle: Shuffle mode (``"global"``, ``"block"``, ``"window"``; see
+            :mod:`shardprune.loader.shuffle`); default ``"window"`` for a dataset the converter
+            shuffled, else ``"global"`` local and ``"block"`` remote (``default_shuffle``).
+        shuffle_block: Adjacent kept samples per block of the ``"block"`` mode (default 12).
         drop_last: True: equal full batches on every rank, the remainder trimmed (never
             read). False: ranks padded with weight-0 repeats to equal counts.
         transform: ``fn(sample) -> sample`` run after decoding, in the workers (must be
@@ -177,6 +182,8 @@ class StreamingLoader:
         num_workers: int = 0,
         shuffle_window: int = 4,
         shuffle_buffer: int = 1024,
+        shuffle: str | None = None,
+        shuffle_block: int = DEFAULT_SHUFFLE_BLOCK,
         drop_last: bool = True,
         transform: Transform | None = None,
         fields: list[str] | tuple[str, ...] | None = None,
@@ -214,6 +221,10 @@ class StreamingLoader:
             shuffle_window=check_int("shuffle_window", shuffle_window, 1),
             shuffle_buffer=check_int("shuffle_buffer", shuffle_buffer, 1),
             drop_last=bool(drop_last),
+            shuffle=shuffle if shuffle is not None else default_shuffle(
+                is_preshuffled(self.dataset.header.source), self.dataset.storage.is_local
+            ),
+            shuffle_block=shuffle_block,
         )
         if policy is None:
             policy = "full"
@@ -312,6 +323,8 @@ class StreamingLoader:
             "world_size": self.cfg.world_size,
             "shuffle_window": self.cfg.shuffle_window,
             "shuffle_buffer": self.cfg.shuffle_buffer,
+            "shuffle": self.cfg.shuffle,
+            "shuffle_block": self.cfg.shuffle_block,
             "drop_last": self.cfg.drop_last,
             "policy": jsonable(state),
             "mixup": self.mixup,
