@@ -3,7 +3,9 @@
 moto copies the whole object on every ranged GET (a 4 KiB read of a 256 MiB object costs
 about 150 ms), so reads, writes and benchmarks at real shard sizes run against s3rver,
 which serves ranges from files without copying. s3rver does not enforce conditional
-writes (If-None-Match); tests of those use moto (``tests/s3server.py``).
+writes (If-None-Match); tests of those use moto (``tests/s3server.py``). It answers the
+one-byte range ``bytes=0-0`` with the whole object (real S3 sends one byte);
+:meth:`~shardprune.storage.Storage.read_range` reports that as an ignored Range header.
 
 ``tools/dev.sh`` installs s3rver into ``.s3rver/`` at the repository root; if it is
 missing, :func:`ensure_installed` installs it there with npm (under a file lock, so
