@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from shardprune import objstore
+from shardprune.costmodel import REMOTE, CostModel
 from shardprune.errors import ConfigError, DatasetNotFoundError, FetchError
 from shardprune.retry import RetryPolicy, call_with_retry
 from shardprune.validate import check_choice, check_int
@@ -83,6 +84,9 @@ class Storage:
         backend: Range reads of ``s3://`` through ``"obstore"`` (an optional extra),
             ``"fsspec"`` (s3fs), or ``"auto"`` (default: obstore when installed and it
             understands the options, else s3fs). Writes and listings always use fsspec.
+        cost: Request latency and per-connection bandwidth, for the I/O planner (default:
+            :data:`shardprune.costmodel.REMOTE`, 20 ms and 50 MB/s, for remote URLs; local
+            storage has none).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Storage:
         retry: RetryPolicy | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         backend: str = "auto",
+        cost: CostModel | None = None,
     ) -> None:
         url = os.fspath(url)
         if not url:
@@ -102,6 +107,9 @@ class Storage:
         self.retry = retry or RetryPolicy()
         self.max_in_flight = check_int("max_in_flight", max_in_flight, 1, 256, fix="pass e.g. max_in_flight=16")
         self.backend = check_choice("backend", backend, BACKENDS)
+        if cost is not None and not isinstance(cost, CostModel):
+            raise ConfigError(f"cost={cost!r} must be a shardprune.costmodel.CostModel or None")
+        self._cost = cost
         if url.startswith("file://"):
             url = url[len("file://") :]
         target = url.rsplit("::", 1)[-1]
@@ -129,6 +137,7 @@ class Storage:
             "retry": self.retry,
             "max_in_flight": self.max_in_flight,
             "backend": self.backend,
+            "_cost": self._cost,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -147,6 +156,13 @@ class Storage:
     @property
     def url(self) -> str:
         return self.root
+
+    @property
+    def cost(self) -> CostModel | None:
+        """The planner's cost model: the one given, :data:`REMOTE` for remote URLs, None locally."""
+        if self._cost is not None:
+            return self._cost
+        return None if self.is_local else REMOTE
 
     def path(self, rel: str) -> str:
         """The full path or URL of ``rel`` below the root."""
@@ -218,9 +234,9 @@ class Storage:
         return _client("obstore", self.root, self.storage_options,
                        lambda: objstore.ObstoreReader(self.root, self.storage_options))
 
-    def _pool(self) -> ThreadPoolExecutor:
-        return _client("pool", "", {"n": self.max_in_flight},
-                       lambda: ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="shardprune-io"))
+    @staticmethod
+    def _pool(n: int) -> ThreadPoolExecutor:
+        return _client("pool", "", {"n": n}, lambda: ThreadPoolExecutor(n, thread_name_prefix="shardprune-io"))
 
     def _fd(self, rel: str) -> int:
         self._check_pid()
@@ -273,16 +289,22 @@ class Storage:
             raise FetchError(f"{what}: got {len(data)} bytes; the server ignored the Range header")
         return bytes(data)
 
-    def read_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes]:
-        """Read several ``(rel, offset, length)`` ranges, up to ``max_in_flight`` at once.
+    def read_ranges(self, ranges: Sequence[tuple[str, int, int]], max_in_flight: int | None = None) -> list[bytes]:
+        """Read several ``(rel, offset, length)`` ranges, many requests in flight at once.
 
         Each range is one request with its own retries (:meth:`read_range`); the results
         come back in the order of ``ranges``. Local files are read one after another
         (a system call does not wait on a round trip).
+
+        Args:
+            ranges: The ranges to read.
+            max_in_flight: Requests in flight at once (default: the storage's
+                ``max_in_flight``; 1..256).
         """
-        if len(ranges) <= 1 or self.is_local or self.max_in_flight == 1:
+        n = self.max_in_flight if max_in_flight is None else check_int("max_in_flight", max_in_flight, 1, 256)
+        if len(ranges) <= 1 or self.is_local or n == 1:
             return [self.read_range(*r) for r in ranges]
-        return list(self._pool().map(lambda r: self.read_range(*r), ranges))
+        return list(self._pool(n).map(lambda r: self.read_range(*r), ranges))
 
     def read_bytes(self, rel: str) -> bytes:
         """Read a whole (small) file such as a header or manifest."""

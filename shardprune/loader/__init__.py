@@ -7,7 +7,7 @@ reads), :mod:`~shardprune.loader.fetch` (where bytes are read), :mod:`~shardprun
 :mod:`~shardprune.loader.mixup`, and :mod:`~shardprune.loader.streaming`, which runs them.
 """
 
-from shardprune.loader.ioplan import IOSummary, ReadBlock, ReadUnit, plan_reads, summarize
+from shardprune.loader.ioplan import IOSummary, ReadBlock, ReadPlan, ReadUnit, plan_reads, summarize
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
 from shardprune.loader.stats import EpochStats
 from shardprune.loader.streaming import StreamingLoader
@@ -18,6 +18,7 @@ __all__ = [
     "IOSummary",
     "PlanConfig",
     "ReadBlock",
+    "ReadPlan",
     "ReadUnit",
     "StreamingLoader",
     "make_plan",

@@ -25,7 +25,7 @@ import torch
 from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
 from shardprune.loader.decode import Sample, Transform, decode_sample
-from shardprune.loader.ioplan import ReadBlock, ReadUnit
+from shardprune.loader.ioplan import ReadUnit
 
 
 #: Sample keys that survive a ``fields`` selection.
@@ -174,16 +174,23 @@ class UnitFetcher:
                 self._pool_pid = os.getpid()
             return self._pool
 
-    def read_block(self, block: ReadBlock) -> bytes:
-        """The bytes of one block (one range request)."""
+    def read_unit(self, unit: ReadUnit) -> list[bytes]:
+        """The bytes of each of a unit's requests, up to ``io_threads`` in flight at once."""
         ds = self.dataset
-        return ds.storage.read_range(ds.shard_path(block.shard), block.offset, block.length)
+        ranges = [
+            (ds.shard_path(s), o, n)
+            for s, o, n in zip(unit.shard.tolist(), unit.offset.tolist(), unit.length.tolist())
+        ]
+        return ds.storage.read_ranges(ranges, max_in_flight=self.io_threads)
 
-    def _samples(self, block: ReadBlock, data: bytes) -> list[tuple[int, Sample]]:
+    def _samples(self, unit: ReadUnit, r: int, data: bytes) -> list[tuple[int, Sample]]:
         ds = self.dataset
         out: list[tuple[int, Sample]] = []
         view = memoryview(data)
-        for slot, i, start, n in zip(block.slots, block.ids, block.starts, block.lengths):
+        a, b = int(unit.first[r]), int(unit.first[r + 1])
+        for slot, i, start, n in zip(
+            unit.slots[a:b].tolist(), unit.ids[a:b].tolist(), unit.starts[a:b].tolist(), unit.lengths[a:b].tolist()
+        ):
             raw = bytes(view[start : start + n])
             ds.verify(i, raw)
             sample = ds.decode(i, raw)
@@ -198,15 +205,12 @@ class UnitFetcher:
 
     def __call__(self, unit: ReadUnit) -> UnitResult:
         result = UnitResult(index=unit.index)
-        if self.io_threads > 1 and len(unit.blocks) > 1:
-            datas = list(self._executor().map(self.read_block, unit.blocks))
-        else:
-            datas = [self.read_block(b) for b in unit.blocks]
-        for block, data in zip(unit.blocks, datas):
-            result.bytes_read += block.length
-            result.requests += 1
-            result.gap_bytes += block.gap_bytes
-            result.samples.extend(self._samples(block, data))
+        datas = self.read_unit(unit)
+        result.bytes_read = unit.nbytes
+        result.requests = unit.requests
+        result.gap_bytes = unit.gap_bytes
+        for r, data in enumerate(datas):
+            result.samples.extend(self._samples(unit, r, data))
         if self.pack:
             result.pack()
         return result

@@ -36,7 +36,7 @@ from shardprune.errors import CheckpointMismatchError, ConfigError, FetchError
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.fetch import UnitFetcher, UnitResult
-from shardprune.loader.ioplan import ReadUnit, plan_reads
+from shardprune.loader.ioplan import ReadPlan, ReadUnit, plan_reads
 from shardprune.loader.order import BatchAssembler, PlanOrder
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
 from shardprune.loader.stats import EpochStats
@@ -49,16 +49,15 @@ STATE_VERSION = 1
 STATE_KEYS = frozenset(
     {"version", "config", "config_fingerprint", "epoch", "batches_yielded", "snapshot_fingerprint", "plan_fingerprint"}
 )
-#: Defaults of the I/O planner, by storage kind. Local reads are system calls, so gaps are
-#: never bridged; an object-store request costs a round trip, so pruned samples smaller
-#: than ``max_gap`` are read through rather than splitting the request.
+#: Defaults of the I/O planner, by storage kind. ``max_gap`` 0: a pruned sample is never
+#: read through by default, whatever its size.
 LOCAL_MAX_GAP = 0
-REMOTE_MAX_GAP = 16 * 1024
-#: Further gaps read through on object storage, smallest first, as a fraction of the
-#: planned bytes (see :func:`~shardprune.loader.ioplan.plan_reads`): at most 20% more
-#: bytes for fewer requests. Local reads never bridge gaps.
+REMOTE_MAX_GAP = 0
+#: Gaps read through on object storage, smallest first and only below the storage cost
+#: model's break-even gap, as a fraction of the planned bytes (see
+#: :func:`~shardprune.loader.ioplan.plan_reads`): at most 10% more bytes for fewer requests.
 LOCAL_GAP_BUDGET = 0.0
-REMOTE_GAP_BUDGET = 0.2
+REMOTE_GAP_BUDGET = 0.1
 DEFAULT_MAX_BLOCK = 4 * 1024 * 1024
 LOCAL_IO_CONCURRENCY = 1
 REMOTE_IO_CONCURRENCY = 8
@@ -105,10 +104,11 @@ class StreamingLoader:
             picklable: a module-level function or class instance).
         fields: Field names to load (default all).
         decode: Decode fields (images, npy, ints, text); False yields raw bytes (default True).
-        max_gap: Largest gap in bytes read through to merge two range requests
-            (default 0 local, 16 KiB remote).
-        gap_budget: Further gaps read through, smallest first, as a fraction of the
-            planned bytes, to save requests (default 0 local, 0.2 remote).
+        max_gap: Largest gap in bytes always read through to merge two range requests
+            (default 0: pruned samples are never read).
+        gap_budget: Further gaps read through, smallest first and only below the storage's
+            break-even gap (``dataset.storage.cost``), as a fraction of the planned bytes,
+            to save requests (default 0 local, 0.1 remote).
         max_block: Largest range request / worker read unit in bytes (default 4 MiB).
         io_concurrency: Concurrent range requests per read unit (default 1 local, 8 remote).
         prefetch_batches: Batches assembled ahead of the training loop (default 2; 0: none).
@@ -309,7 +309,7 @@ class StreamingLoader:
         """Batches of the current epoch (plans epoch 0 if no epoch was set)."""
         return self._current().num_batches
 
-    def read_units(self, start_batch: int = 0) -> list[ReadUnit]:
+    def read_units(self, start_batch: int = 0) -> ReadPlan:
         """The range reads serving batches ``start_batch..`` of the current epoch, in read order."""
         plan = self._current()
         slots = np.sort(plan.order[start_batch * plan.batch_size :])
@@ -323,6 +323,7 @@ class StreamingLoader:
             max_gap=self.max_gap,
             max_block=self.max_block,
             gap_budget=self.gap_budget,
+            cost=self.dataset.storage.cost,
         )
 
     # -- iteration ----------------------------------------------------------------------
