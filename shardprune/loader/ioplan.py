@@ -22,13 +22,14 @@ Slots are taken in the plan's *read order* (sequential within a shard). Rules:
    ``max_block`` bytes (a larger request is a unit of its own): the item a worker fetches.
 
 The result is a :class:`ReadPlan`: numpy arrays with no Python object per request or
-sample, built in O(samples) vectorised steps (plus one step per unit and per request
-of a run longer than ``max_request``). It is an indexable, iterable sequence of
+sample, built in O(samples) vectorised steps (plus one bisection per unit, and one
+vectorised step per request of the longest run). It is an indexable, iterable sequence of
 :class:`ReadUnit`, each made when asked for and holding only its own slices.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -309,34 +310,54 @@ def _bridgeable(
 
 
 def _split_runs(off: np.ndarray, end: np.ndarray, run_start: np.ndarray, run_stop: np.ndarray, cap: int) -> np.ndarray:
-    """Positions where a request starts (rule 4); ``end`` is non-decreasing within a run."""
+    """Positions where a request starts (rule 4); ``end`` is non-decreasing within a run.
+
+    All runs longer than ``cap`` advance together, one request per step: a step is one
+    ``searchsorted`` over a key that is non-decreasing across the runs (each run's ends,
+    relative to its start, lifted above the previous run's), so steps number the most
+    requests of one run, not the requests of the epoch.
+    """
+    run_start = run_start.astype(np.int64)
     if run_start.size == 0:
-        return run_start.astype(np.int64)
-    long = np.flatnonzero(end[run_stop - 1] - off[run_start] > cap)
+        return run_start
+    span = end[run_stop - 1] - off[run_start]
+    long = np.flatnonzero(span > cap)
     if long.size == 0:
-        return run_start.astype(np.int64)
-    extra: list[int] = []
-    for r in long.tolist():
-        k, stop = int(run_start[r]), int(run_stop[r])
-        while True:
-            # Samples from k whose end fits within cap bytes of k's start; at least one.
-            k += max(1, int(np.searchsorted(end[k:stop], off[k] + cap, side="right")))
-            if k >= stop:
-                break
-            extra.append(k)
-    return np.sort(np.r_[run_start, np.asarray(extra, dtype=np.int64)]).astype(np.int64)
+        return run_start
+    ls, counts = run_start[long], (run_stop - run_start)[long]
+    cstart = np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
+    pos = np.repeat(ls - cstart, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+    run_of = np.repeat(np.arange(long.size), counts)
+    base = np.r_[0, np.cumsum(span[long] + cap + 1)[:-1]].astype(np.int64)
+    origin = off[ls]
+    key = end[pos] - origin[run_of] + base[run_of]
+    stop = cstart + counts
+    frontier = cstart.copy()
+    active = np.arange(long.size)
+    found: list[np.ndarray] = []
+    while active.size:
+        f = frontier[active]
+        target = off[pos[f]] - origin[active] + base[active] + cap
+        nxt = np.maximum(np.searchsorted(key, target, side="right"), f + 1)
+        more = nxt < stop[active]
+        found.append(pos[nxt[more]])
+        frontier[active] = nxt
+        active = active[more]
+    return np.sort(np.concatenate([run_start, *found])).astype(np.int64)
 
 
 def _group_units(req_length: np.ndarray, max_block: int) -> np.ndarray:
-    """int64[U + 1]: request index where each unit starts, then the request count (rule 5)."""
+    """int64[U + 1]: request index where each unit starts, then the request count (rule 5).
+
+    One bisection per unit on the cumulative request sizes.
+    """
     total = int(req_length.size)
-    cum = np.cumsum(req_length)
+    cum = np.cumsum(req_length).tolist()
     starts: list[int] = []
     r = 0
     while r < total:
         starts.append(r)
-        base = int(cum[r - 1]) if r else 0
-        r = max(r + 1, int(np.searchsorted(cum, base + max_block, side="right")))
+        r = max(r + 1, bisect.bisect_right(cum, (cum[r - 1] if r else 0) + max_block, r))
     return np.asarray(starts + [total], dtype=np.int64)
 
 
