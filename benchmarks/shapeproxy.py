@@ -143,10 +143,12 @@ def _make_handler(proxy: ShapingProxy) -> type[BaseHTTPRequestHandler]:
                 if wait > 0:
                     time.sleep(wait)
                 self.send_response(resp.status, resp.reason)
+                head = self.command == "HEAD"  # a HEAD's Content-Length is the object's size: keep it
                 for k, v in resp.getheaders():
-                    if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                    if k.lower() not in _HOP_BY_HOP and (head or k.lower() != "content-length"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command == "HEAD":
                     return
