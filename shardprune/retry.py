@@ -8,8 +8,9 @@ Rules:
    503 and 429 are *throttling*, 500, 502, 504 and 408 are *transient*, any other status is
    *permanent*. Without a status, connection resets, timeouts and truncated bodies are
    transient; everything else (missing file, permission, bad argument) is permanent.
-2. A permanent failure is raised at once (``FileNotFoundError`` and ``PermissionError``
-   unchanged, others as :class:`~shardprune.errors.FetchError`).
+2. A permanent failure is raised at once, unchanged (``FileNotFoundError``,
+   ``PermissionError``, a client's missing-credentials error...), so callers and the
+   tools' error messages see what the client said.
 3. Attempt ``k`` (0-based) that failed transiently waits ``min(max_backoff_s, base_s * 2**k)``
    times a uniform jitter in [0.5, 1); throttling starts ``throttle_factor`` times higher,
    so a server that asks for less load gets it.
@@ -154,8 +155,8 @@ def call_with_retry(
     """Run ``fn`` under ``policy``; ``what`` names the object and range in messages.
 
     Raises:
-        FileNotFoundError, PermissionError: at once, unchanged.
-        FetchError: for any other permanent failure, or once retries are exhausted.
+        FetchError: once a transient failure has exhausted the attempts or the time.
+        Exception: a permanent failure, at once and unchanged.
     """
     rng = rng or random.Random()
     first = clock()
@@ -171,9 +172,7 @@ def call_with_retry(
             code = status_code(exc)
             reason = f"{type(exc).__name__}{'' if code is None else f' (HTTP {code})'}: {exc}"
             if kind == PERMANENT:
-                if isinstance(exc, (FileNotFoundError, PermissionError)):
-                    raise
-                raise FetchError(f"{what} failed permanently after {attempt} attempt(s): {reason}") from exc
+                raise
             wait = policy.backoff(attempt - 1, kind, rng)
             if attempt >= policy.attempts or elapsed + wait > policy.total_s:
                 raise FetchError(

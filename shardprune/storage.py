@@ -24,7 +24,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import IO, Any, Callable, TypeVar
 
 from shardprune import objstore
 from shardprune.costmodel import REMOTE, CostModel
@@ -323,6 +323,32 @@ class Storage:
         if self.is_local:
             return os.path.getsize(self.path(rel))
         return int(self._retry(f"sizing {self.path(rel)}", lambda: self.fs.size(self._fs_path(rel))))
+
+    def open(self, rel: str, block_size: int = 8 << 20) -> IO[bytes]:
+        """A read-only file object of ``rel`` for sequential scans (remote: readahead of
+        ``block_size`` bytes per request). Its reads are not retried: use
+        :meth:`read_range` for sample bytes."""
+        if self.is_local:
+            return open(self.path(rel), "rb")
+        return self.fs.open(self._fs_path(rel), "rb", block_size=block_size, cache_type="readahead")
+
+    def find(self, suffix: str = "") -> list[str]:
+        """Paths of every file below the root whose name ends with ``suffix``, relative
+        to the root, ``/``-separated, sorted; names starting with a dot (and hidden
+        folders) are left out."""
+        found: list[str] = []
+        if self.is_local:
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                rel_dir = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+                found.extend(f if rel_dir == "." else f"{rel_dir}/{f}" for f in filenames)
+        else:
+            base = self.fs._strip_protocol(self._fs_path("")).rstrip("/")
+            paths = self._retry(f"listing {self.root}", lambda: self.fs.find(base))
+            found = [str(p)[len(base) + 1 :] for p in paths if str(p).startswith(base + "/")]
+        return sorted(
+            f for f in found if f.endswith(suffix) and not any(part.startswith(".") for part in f.split("/"))
+        )
 
     def listdir(self, rel: str = "") -> list[str]:
         """Names (not paths) directly below ``rel``, sorted."""

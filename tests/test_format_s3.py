@@ -14,7 +14,7 @@ import pytest
 import s3fs
 from PIL import Image
 
-from shardprune.convert import convert
+from shardprune.convert import convert, make_source
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.errors import CorruptSampleError, DatasetNotFoundError, OutputExistsError
 from shardprune.format.header import HEADER_NAME, MANIFEST_NAME
@@ -122,3 +122,29 @@ def test_cli_writes_to_s3(tmp_path: Path, s3rver: Any) -> None:
     assert "40 samples in 1 tar shards" in done.stdout
     ds = ShardedDataset(url, s3rver.storage_options)
     assert len(ds) == 40 and ds.read_sample(39)["label"] == ds.labels[39]
+
+
+def test_index_tars_on_s3_with_the_cli(tmp_path: Path, s3rver: Any) -> None:
+    # WebDataset tars already on object storage: `make_shards.py index s3://...` writes the manifest beside them.
+    _imagefolder(tmp_path / "in")
+    DatasetWriter(tmp_path / "local", shard_format="tar", max_samples=4).write(
+        make_source("imagefolder", root=str(tmp_path / "in"))
+    )
+    url = s3rver.url()
+    fs = _fs(s3rver)
+    tars = sorted((tmp_path / "local" / "shards").glob("*.tar"))
+    for t in tars:
+        fs.put_file(str(t), f"{url}/wds/{t.name}")
+    done = subprocess.run([sys.executable, str(TOOL), "index", f"{url}/wds", "--endpoint-url", s3rver.endpoint_url,
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    remote = open_dataset(f"{url}/wds", s3rver.storage_options)
+    local = open_dataset(tmp_path / "local")
+    assert len(remote) == len(local) == 10
+    assert [s.path for s in remote.header.shards] == [t.name for t in tars]
+    for i in range(len(local)):
+        assert remote.read_raw(i) == local.read_raw(i)
+    # A chained URL reads the same dataset through a local cache.
+    cached = open_dataset(f"simplecache::{url}/wds", {"s3": s3rver.storage_options,
+                                                      "simplecache": {"cache_storage": str(tmp_path / "cache")}})
+    assert cached.read_raw(3) == local.read_raw(3)

@@ -27,14 +27,15 @@ from shardprune.format.tarsample import member_end, split_key
 from shardprune.format.writer import existing_dataset
 from shardprune.sources.base import check_labels
 from shardprune.sources.sniff import encoding_of
-from shardprune.storage import Storage
+from shardprune.storage import Storage, open_storage
 
 Progress = Callable[[int], None]
 
 
-def _members(path: str) -> list[tarfile.TarInfo]:
+def _members(storage: Storage, rel: str) -> list[tarfile.TarInfo]:
+    path = storage.path(rel)
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with storage.open(rel) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             return [m for m in tar.getmembers() if m.isfile()]
     except FileNotFoundError as exc:
         raise SourceError(f"{path!r} does not exist") from exc
@@ -45,13 +46,14 @@ def _members(path: str) -> list[tarfile.TarInfo]:
 
 
 def _scan(
-    path: str, label_ext: str | None, seen: dict[str, str]
+    storage: Storage, rel: str, label_ext: str | None, seen: dict[str, str]
 ) -> tuple[list[tuple[int, int, int, int | None]], set[str]]:
     """Return ``[(offset, length, crc32, label or None)]`` per sample of one tar, and its extensions."""
+    path = storage.path(rel)
     groups: list[list[tarfile.TarInfo]] = []
     current: str | None = None
     exts_in_group: set[str] = set()
-    for m in _members(path):
+    for m in _members(storage, rel):
         key, ext = split_key(m.name)
         base = key.rsplit("/", 1)[-1]
         if not base or "." in key:
@@ -77,7 +79,7 @@ def _scan(
         groups.append([m])
     rows: list[tuple[int, int, int, int | None]] = []
     exts: set[str] = set()
-    with open(path, "rb") as f:
+    with storage.open(rel) as f:
         for group in groups:
             start = group[0].offset
             length = member_end(group[-1]) - start
@@ -99,17 +101,9 @@ def _scan(
     return rows, exts
 
 
-def find_tars(root: str) -> list[str]:
+def find_tars(root: str | os.PathLike[str] | Storage) -> list[str]:
     """Paths (relative to ``root``, ``/``-separated, sorted) of the ``.tar`` files below ``root``."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
-            for f in filenames
-            if f.endswith(".tar") and not f.startswith(".")
-        )
-    return sorted(found)
+    return open_storage(root).find(".tar")
 
 
 def index_tars(
@@ -120,11 +114,13 @@ def index_tars(
     num_classes: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Header:
     """Write ``manifest.arrow`` and ``shardprune.json`` beside existing WebDataset tars.
 
     Args:
-        root: Local directory holding the tars; it becomes the dataset root.
+        root: Directory or object-store prefix (``s3://bucket/prefix``, chained fsspec
+            URLs too) holding the tars; it becomes the dataset root.
         tars: Tar paths relative to ``root`` in shard order (default: every ``*.tar``
             below ``root``, sorted).
         label_ext: Member extension holding an ASCII integer label (default ``"cls"``;
@@ -132,15 +128,17 @@ def index_tars(
         num_classes: Labels must lie in ``0..num_classes-1`` (default: max label + 1).
         overwrite: Replace an existing, different header and manifest (default False).
         progress: Called with the number of samples indexed since the last call.
+        storage_options: fsspec options for a remote ``root`` (endpoint, credentials).
 
     Raises:
         SourceError: a rule in the module docstring is broken, or there are no samples.
         OutputExistsError: a different dataset is already indexed here.
     """
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
+    storage = Storage(root, storage_options)
+    root = storage.url
+    if storage.is_local and not os.path.isdir(root):
         raise SourceError(f"{root!r} is not a directory; pass the folder holding the .tar shards")
-    rels = find_tars(root) if tars is None else list(tars)
+    rels = find_tars(storage) if tars is None else list(tars)
     if not rels:
         raise SourceError(f"no .tar files below {root!r}")
     seen: dict[str, str] = {}
@@ -148,13 +146,12 @@ def index_tars(
     cols: list[tuple[int, int, int, int, int | None]] = []
     exts: set[str] = set()
     for rel in rels:
-        path = os.path.join(root, rel)
-        rows, shard_exts = _scan(path, label_ext, seen)
+        rows, shard_exts = _scan(storage, rel, label_ext, seen)
         if not rows:
             continue
         exts |= shard_exts
         shard = len(shards)
-        shards.append(ShardInfo(path=rel, bytes=os.path.getsize(path), samples=len(rows)))
+        shards.append(ShardInfo(path=rel, bytes=storage.size(rel), samples=len(rows)))
         cols.extend((shard, o, n, c, lab) for o, n, c, lab in rows)
         if progress is not None:
             progress(len(rows))
@@ -191,7 +188,6 @@ def index_tars(
         num_classes=num,
         source={"kind": "webdataset-index", "label_ext": label_ext},
     )
-    storage = Storage(root)
     existing = existing_dataset(storage, header, overwrite)
     if existing is not None:
         return existing
