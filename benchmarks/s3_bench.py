@@ -2,11 +2,12 @@
 
     python benchmarks/s3_bench.py epoch                    # 4 KiB, 32 KiB, 110 KiB samples, r = 0/0.3/0.5/0.7
     python benchmarks/s3_bench.py epoch --sizes 110K --dataset-mb 512 --shard-mb 256
+    python benchmarks/s3_bench.py bytes                    # bytes read / kept, old vs new defaults (planner only)
     python benchmarks/s3_bench.py plan                     # planning time at 1,281,167 samples
     python benchmarks/s3_bench.py retry                    # persistent 503: requests and time to the error
     python benchmarks/s3_bench.py --help
 
-Server: s3rver (npm, ``tests/s3rver.py``) on 127.0.0.1, behind ``benchmarks/shapeproxy.py``:
+Server: s3rver (npm, ``tests/s3rver.py``) on 127.0.0.1, behind ``benchmarks/shapeproxy.py`` (in its own process):
 20 ms before each response and 50 MB/s per connection (``--latency-ms``, ``--mbps``), so a
 request costs what a cross-zone S3 GET does. Data: WebDataset tars of random bytes
 (``KEY.bin`` of the sample size plus ``KEY.cls``), ``--dataset-mb`` per sample size in
@@ -48,7 +49,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machineinfo import machine_line  # noqa: E402
-from shapeproxy import ShapingProxy  # noqa: E402
+from shapeproxy import ShapingProxyProcess  # noqa: E402
 
 from shardprune.loader import StreamingLoader  # noqa: E402
 from shardprune.policies.decision import EpochDecision, PolicyBase  # noqa: E402
@@ -185,7 +186,7 @@ def cmd_epoch(args: argparse.Namespace) -> None:
     ratios = [float(r) for r in args.ratios.split(",")]
     rows: list[dict[str, Any]] = []
     with running_s3rver() as server:
-        with ShapingProxy(server.endpoint_url, latency_s=args.latency_ms / 1000, bandwidth=args.mbps * 1e6) as proxy:
+        with ShapingProxyProcess(server.endpoint_url, args.latency_ms / 1000, args.mbps * 1e6) as proxy:
             opts = dict(server.storage_options)
             opts["client_kwargs"] = dict(opts["client_kwargs"], endpoint_url=proxy.url)
             for size_text in args.sizes.split(","):
@@ -203,9 +204,10 @@ def cmd_epoch(args: argparse.Namespace) -> None:
                     for _ in range(args.rounds):
                         proxy.reset_counts()
                         res = run_shardprune(url, opts, keep, args)
-                        res["proxy_bytes"] = proxy.bytes_sent
-                        res["proxy_gets"] = proxy.range_gets
-                        res["max_in_flight"] = proxy.max_in_flight
+                        counts = proxy.counts()
+                        res["proxy_bytes"] = counts["bytes_sent"]
+                        res["proxy_gets"] = counts["range_gets"]
+                        res["max_in_flight"] = counts["max_in_flight"]
                         if best is None or res["seconds"] < best["seconds"]:
                             best = res
                     assert best is not None
@@ -216,7 +218,7 @@ def cmd_epoch(args: argparse.Namespace) -> None:
                     for _ in range(args.rounds):
                         proxy.reset_counts()
                         res = run_webdataset(tars, opts, keep_mask(n, 0.0), args)
-                        res["proxy_bytes"] = proxy.bytes_sent
+                        res["proxy_bytes"] = proxy.counts()["bytes_sent"]
                         if best is None or res["seconds"] < best["seconds"]:
                             best = res
                     assert best is not None
@@ -241,6 +243,32 @@ def cmd_epoch(args: argparse.Namespace) -> None:
             print(f"| {row['size']} | 0.0 | webdataset | {row['seconds']:.2f} | shardprune r=0 is "
                   f"{row['seconds'] / sp['seconds']:.2f}x faster | 1.2x | - | {row['proxy_bytes'] / sp['bytes_kept']:.3f} "
                   f"| - | - |")
+
+
+def cmd_bytes(args: argparse.Namespace) -> None:
+    """Bytes read / kept bytes of the planner on the benchmark's datasets: old and new remote defaults."""
+    from shardprune.costmodel import REMOTE
+    from shardprune.dataset import open_dataset
+    from shardprune.loader.ioplan import plan_reads, summarize
+
+    print(machine_line())
+    print(f"{args.dataset_mb} MiB per size in {args.shard_mb} MiB tar shards; read order = id order (sequential)")
+    print("| size | r | old defaults (max_gap 16 KiB, budget 0.2): read/kept, requests | "
+          "new (max_gap 0, budget 0.1 below 1 MB break-even, 1 MB requests): read/kept, requests |")
+    print("|---|---|---|---|")
+    for size_text in args.sizes.split(","):
+        local = BENCH / f"{size_text}-{args.dataset_mb}M-{args.shard_mb}M"
+        n = make_tars(local, parse_size(size_text), args.dataset_mb << 20, args.shard_mb << 20)
+        m = open_dataset(local).manifest
+        for r in (0.3, 0.5, 0.7):
+            ids = np.flatnonzero(keep_mask(n, r))
+            slots = np.arange(ids.size)
+            old = summarize(plan_reads(slots, ids, m.shard, m.offset, m.length, max_gap=16 << 10, max_block=4 << 20,
+                                       gap_budget=0.2))
+            new = summarize(plan_reads(slots, ids, m.shard, m.offset, m.length, max_gap=0, max_block=4 << 20,
+                                       gap_budget=0.1, cost=REMOTE))
+            print(f"| {size_text} | {r} | {old.bytes_read / old.sample_bytes:.3f}, {old.requests} | "
+                  f"{new.bytes_read / new.sample_bytes:.3f}, {new.requests} |")
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -318,13 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--mbps", type=float, default=50.0, help="MB/s per connection (default 50)")
     p.add_argument("--no-webdataset", dest="webdataset", action="store_false")
+    p = sub.add_parser("bytes", help="bytes read / kept by the planner, old vs new defaults (no server)")
+    p.add_argument("--sizes", default="4K,32K,110K")
+    p.add_argument("--dataset-mb", type=int, default=64)
+    p.add_argument("--shard-mb", type=int, default=32)
     p = sub.add_parser("plan", help="planning time of the read planner")
     p.add_argument("--samples", type=int, default=1_281_167)
     p.add_argument("--shards", type=int, default=1000)
     sub.add_parser("retry", help="persistent 503/500: requests and seconds until FetchError")
     args = parser.parse_args(argv)
     mp.set_start_method("forkserver", force=True)
-    {"epoch": cmd_epoch, "plan": cmd_plan, "retry": cmd_retry}[args.command](args)
+    {"epoch": cmd_epoch, "bytes": cmd_bytes, "plan": cmd_plan, "retry": cmd_retry}[args.command](args)
     return 0
 
 
