@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,26 @@ def test_requests_and_units_respect_their_caps(
             for b in u.blocks:
                 inner = np.diff(np.array(b.starts)) - np.array(b.lengths[:-1])
                 assert np.all(inner < cost.break_even_gap)
+
+
+def test_loader_plans_with_the_storage_cost_model(tmp_path: Path) -> None:
+    from loader_data import write_dataset
+
+    from shardprune.dataset import open_dataset
+    from shardprune.loader import StreamingLoader
+    from shardprune.storage import Storage
+
+    write_dataset(tmp_path / "ds", n=300, per_shard=300)
+    plain = StreamingLoader(tmp_path / "ds", batch_size=10, num_epochs=1, decode=False)
+    assert plain.dataset.storage.cost is None  # local: no cost model, one request per unit
+    # A cost model whose request size is 64 KiB splits the one 300-sample run into more requests.
+    costed_storage = Storage(tmp_path / "ds", cost=CostModel(latency_s=1e-3, bandwidth=1e6))
+    costed = StreamingLoader(open_dataset(costed_storage), batch_size=10, num_epochs=1, decode=False)
+    a, b = summarize(plain.read_units()), summarize(costed.read_units())
+    assert a.bytes_read == b.bytes_read and a.samples == b.samples == 300
+    assert a.requests == 1
+    costed_plan = costed.read_units()
+    assert b.requests > 1 and all(n <= 64 * 1024 for n in costed_plan.req_length.tolist())
+    assert int(costed_plan.req_length[:-1].min()) > 64 * 1024 - 2048  # full requests, cut at sample boundaries
+    got = [int(i) for batch in costed for i in batch["ids"]]
+    assert sorted(got) == list(range(300))
