@@ -97,17 +97,41 @@ class ObstoreReader:
     def read(self, key: str, offset: int, length: int) -> bytes:
         """``length`` bytes of ``key`` (relative to the root) from ``offset``: one GET."""
         import obstore
-        from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
 
         try:
             return bytes(obstore.get_range(self._store, key, start=offset, length=length))
-        except (PermissionDeniedError, UnauthenticatedError) as exc:
-            raise PermissionError(str(exc).split("\n", 1)[0]) from exc
-        except GenericError as exc:
-            text = str(exc)
-            found = _STATUS.search(text)
-            if found:
-                raise HTTPStatusError(int(found.group(1)), text.split("\n", 1)[0]) from exc
-            if _TRANSPORT.search(text):
-                raise ConnectionError(text.split("\n", 1)[0]) from exc
-            raise
+        except Exception as exc:  # noqa: BLE001 - translated, or re-raised unchanged
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def read_many(self, key: str, offsets: list[int], lengths: list[int]) -> list[bytes]:
+        """Several ranges of ``key``, one GET each (never coalesced), up to 10 in flight in
+        obstore's own runtime: about half the client CPU of one Python call per range."""
+        import obstore
+
+        try:
+            parts = obstore.get_ranges(self._store, key, starts=offsets, lengths=lengths, coalesce=0)
+        except Exception as exc:  # noqa: BLE001 - translated, or re-raised unchanged
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        return [bytes(p) for p in parts]
+
+
+def _translate(exc: Exception) -> Exception:
+    """obstore's exception as the builtin the retry layer classifies (see the module docstring)."""
+    from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
+
+    if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+        return PermissionError(str(exc).split("\n", 1)[0])
+    if isinstance(exc, GenericError):
+        text = str(exc)
+        found = _STATUS.search(text)
+        if found:
+            return HTTPStatusError(int(found.group(1)), text.split("\n", 1)[0])
+        if _TRANSPORT.search(text):
+            return ConnectionError(text.split("\n", 1)[0])
+    return exc

@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, TypeVar
 from shardprune import objstore
 from shardprune.costmodel import REMOTE, CostModel
 from shardprune.errors import ConfigError, DatasetNotFoundError, FetchError
-from shardprune.retry import RetryPolicy, call_with_retry
+from shardprune.retry import RetryPolicy, call_with_retry, log
 from shardprune.validate import check_choice, check_int
 
 T = TypeVar("T")
@@ -37,6 +37,8 @@ T = TypeVar("T")
 BACKENDS = ("auto", "fsspec", "obstore")
 #: Range requests in flight per process in :meth:`Storage.read_ranges`, by default.
 DEFAULT_MAX_IN_FLIGHT = 16
+#: Requests obstore runs at once within one ``get_ranges`` call (its limit is 10).
+OBSTORE_BATCH = 10
 #: Per-process clients: (pid, kind, URL, options) -> client. Keyed by pid so that a
 #: forked child never uses its parent's.
 _CLIENTS: dict[tuple[int, str, str, str], Any] = {}
@@ -304,7 +306,43 @@ class Storage:
         n = self.max_in_flight if max_in_flight is None else check_int("max_in_flight", max_in_flight, 1, 256)
         if len(ranges) <= 1 or self.is_local or n == 1:
             return [self.read_range(*r) for r in ranges]
-        return list(self._pool(n).map(lambda r: self.read_range(*r), ranges))
+        reader = self._reader()
+        if reader is None:
+            return list(self._pool(n).map(lambda r: self.read_range(*r), ranges))
+        # obstore: batches of ranges of one object, each batch one call running up to
+        # OBSTORE_BATCH requests itself; batches run in parallel up to n requests in all.
+        batches: list[list[int]] = []
+        by_path: dict[str, list[int]] = {}
+        for k, (rel, _, _) in enumerate(ranges):
+            by_path.setdefault(rel, []).append(k)
+        for members in by_path.values():
+            parts = max(1, min(-(-len(members) // OBSTORE_BATCH), n // OBSTORE_BATCH))
+            batches.extend(members[i::parts] for i in range(parts))
+        out: list[bytes] = [b""] * len(ranges)
+        for members, datas in zip(batches, self._pool(n).map(lambda b: self._read_batch(reader, ranges, b), batches)):
+            for k, data in zip(members, datas):
+                out[k] = data
+        return out
+
+    def _read_batch(
+        self, reader: objstore.ObstoreReader, ranges: Sequence[tuple[str, int, int]], members: list[int]
+    ) -> list[bytes]:
+        """One obstore call for ``members`` (ranges of one object); on any failure each range
+        is read again on its own under the retry policy, so a range costs at most
+        ``attempts + 1`` requests."""
+        rel = ranges[members[0]][0]
+        offsets = [ranges[k][1] for k in members]
+        lengths = [ranges[k][2] for k in members]
+        try:
+            datas = reader.read_many(rel, offsets, lengths)
+        except Exception as exc:  # noqa: BLE001 - every range is retried (or fails) on its own below
+            log.info("reading %d ranges of %s in one batch failed (%s); reading them one by one",
+                     len(members), self.path(rel), exc)
+            return [self.read_range(*ranges[k]) for k in members]
+        for k, data in zip(members, datas):
+            if len(data) != ranges[k][2]:
+                return [self.read_range(*ranges[k]) for k in members]
+        return datas
 
     def read_bytes(self, rel: str) -> bytes:
         """Read a whole (small) file such as a header or manifest."""

@@ -118,3 +118,17 @@ def test_transient_faults_recover(s3rver: Any, url: str, backend: str) -> None:
         st = Storage(url, _opts(s3rver, proxy.url), backend=backend)
         assert st.read_range("d/blob.bin", 0, 4096) == DATA[:4096]
     assert proxy.range_reads == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_ranges_of_several_objects_with_a_fault(s3rver: Any, url: str, backend: str) -> None:
+    st0 = Storage(url, s3rver.storage_options, backend="fsspec")
+    st0.write_bytes_atomic("d/other.bin", DATA[::-1])
+    ranges = [("d/blob.bin" if k % 3 else "d/other.bin", 300 * k + 1, 50 + k) for k in range(40)]
+    want = [(DATA if rel == "d/blob.bin" else DATA[::-1])[o : o + n] for rel, o, n in ranges]
+    with FaultProxy(s3rver.endpoint_url, faults={3: 503, 10: 500}) as proxy:
+        st = Storage(url, _opts(s3rver, proxy.url), backend=backend, max_in_flight=32)
+        assert st.read_ranges(ranges) == want
+    assert len(proxy.injected) == 2
+    # Each range read once, plus the retries: a failed obstore batch re-reads its ranges one by one.
+    assert 40 + 2 <= proxy.range_reads <= 40 + 2 * 40
