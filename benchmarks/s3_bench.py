@@ -5,6 +5,7 @@
     python benchmarks/s3_bench.py bytes                    # bytes read / kept, old vs new defaults (planner only)
     python benchmarks/s3_bench.py plan                     # planning time at 1,281,167 samples
     python benchmarks/s3_bench.py retry                    # persistent 503: requests and time to the error
+    python benchmarks/s3_bench.py client                   # client CPU per range request, s3fs vs obstore
     python benchmarks/s3_bench.py --help
 
 Server: s3rver (npm, ``tests/s3rver.py``) on 127.0.0.1, behind ``benchmarks/shapeproxy.py`` (in its own process):
@@ -330,6 +331,37 @@ def cmd_retry(args: argparse.Namespace) -> None:
                     print(f"| {backend} | {fault} | {len(fp.injected)} | {secs:.1f} |")
 
 
+def cmd_client(args: argparse.Namespace) -> None:
+    """Client CPU per range request: Storage.read_ranges on s3fs and on obstore, straight to s3rver."""
+    import resource
+
+    from s3rver import running_s3rver
+
+    from shardprune.storage import Storage
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    print(machine_line())
+    print("| backend | ranges | wall s | client CPU per request |")
+    print("|---|---|---|---|")
+    with running_s3rver() as server:
+        url = server.url("client")
+        Storage(url, server.storage_options, backend="fsspec").write_bytes_atomic("blob", bytes(16 << 20))
+        ranges = [("blob", 8192 * k + 100, 5000) for k in range(2000)]
+        for backend in ("fsspec", "obstore"):
+            st = Storage(url, server.storage_options, backend=backend, max_in_flight=32)
+            st.read_ranges(ranges[:64])
+            runs = []
+            for _ in range(3):
+                t0, c0 = time.perf_counter(), cpu()
+                st.read_ranges(ranges)
+                runs.append((cpu() - c0, time.perf_counter() - t0))
+            c, w = min(runs)
+            print(f"| {backend} | 2,000 x 5,000 B, 32 in flight | {w:.2f} | {c * 1e6 / len(ranges):.0f} us |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,9 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=1_281_167)
     p.add_argument("--shards", type=int, default=1000)
     sub.add_parser("retry", help="persistent 503/500: requests and seconds until FetchError")
+    sub.add_parser("client", help="client CPU per range request, s3fs vs obstore (no proxy)")
     args = parser.parse_args(argv)
     mp.set_start_method("forkserver", force=True)
-    {"epoch": cmd_epoch, "bytes": cmd_bytes, "plan": cmd_plan, "retry": cmd_retry}[args.command](args)
+    commands = {"epoch": cmd_epoch, "bytes": cmd_bytes, "plan": cmd_plan, "retry": cmd_retry, "client": cmd_client}
+    commands[args.command](args)
     return 0
 
 

@@ -56,10 +56,10 @@ class ShapingProxy:
         upstream: ``http://127.0.0.1:PORT`` of the real server (loopback only).
         latency_s: Delay before each response (default 0.02, 0..10).
         bandwidth: Bytes/s per connection (default 50e6, > 0).
-        max_connections: Connections served at once (default 128, 1..1024).
+        max_connections: Connections served at once (default 512, 1..1024).
     """
 
-    def __init__(self, upstream: str, latency_s: float = 0.02, bandwidth: float = 50e6, max_connections: int = 128) -> None:
+    def __init__(self, upstream: str, latency_s: float = 0.02, bandwidth: float = 50e6, max_connections: int = 512) -> None:
         parts = urlsplit(upstream)
         if parts.hostname != "127.0.0.1" or parts.port is None:
             raise ValueError(f"upstream={upstream!r} must be http://127.0.0.1:PORT (the proxy is loopback only)")
@@ -115,6 +115,9 @@ class ShapingProxy:
 def _make_handler(proxy: ShapingProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # An idle kept-alive connection is closed after this long, so clients that never
+        # close theirs cannot hold every thread of the bounded server.
+        timeout = 30
         upstream: http.client.HTTPConnection | None = None
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature

@@ -109,7 +109,8 @@ class StreamingLoader:
         gap_budget: Further gaps read through, smallest first and only below the storage's
             break-even gap (``dataset.storage.cost``), as a fraction of the planned bytes,
             to save requests (default 0 local, 0.1 remote).
-        max_block: Largest range request / worker read unit in bytes (default 4 MiB).
+        max_block: Largest worker read unit in bytes (default 4 MiB); on remote storage its
+            requests are split to the cost model's size (``dataset.storage.cost``).
         io_concurrency: Range requests in flight per worker (default 1 local, 32 remote).
         prefetch_batches: Batches assembled ahead of the training loop (default 2; 0: none).
         pin_memory: Pin batches for fast CUDA copies (default: when CUDA is available).
