@@ -60,7 +60,7 @@ LOCAL_GAP_BUDGET = 0.0
 REMOTE_GAP_BUDGET = 0.1
 DEFAULT_MAX_BLOCK = 4 * 1024 * 1024
 LOCAL_IO_CONCURRENCY = 1
-REMOTE_IO_CONCURRENCY = 32
+REMOTE_IO_CONCURRENCY = 64
 MP_CONTEXTS = ("forkserver", "spawn")
 #: Modules the forkserver imports once before it forks any worker, so that each worker
 #: starts with torch and the fetch code loaded instead of importing them itself (seconds
@@ -111,7 +111,7 @@ class StreamingLoader:
             to save requests (default 0 local, 0.1 remote).
         max_block: Largest worker read unit in bytes (default 4 MiB); on remote storage its
             requests are split to the cost model's size (``dataset.storage.cost``).
-        io_concurrency: Range requests in flight per worker (default 1 local, 32 remote).
+        io_concurrency: Range requests in flight per worker (default 1 local, 64 remote).
         prefetch_batches: Batches assembled ahead of the training loop (default 2; 0: none).
         pin_memory: Pin batches for fast CUDA copies (default: when CUDA is available).
         mixup: Apply the policy's Mixup (``decision.mixup_prob``); False never blends.
