@@ -143,7 +143,8 @@ def build_parser(prog: str = "make_shards.py") -> argparse.ArgumentParser:
     _add_writer_options(p, arrays=True)
 
     p = sub.add_parser("index", help="write a manifest beside existing WebDataset tars (tars unchanged)")
-    p.add_argument("root", help="folder holding the .tar shards (searched recursively)")
+    p.add_argument("root", help="folder or s3://bucket/prefix holding the .tar shards (searched recursively)")
+    p.add_argument("--endpoint-url", default=None, help="S3 endpoint for an s3:// root (e.g. a local server)")
     p.add_argument("--label-ext", default="cls", help="member extension holding the label (default cls; '' for none)")
     p.add_argument("--num-classes", type=int, default=None, help="labels must lie in 0..N-1 (default max+1)")
     p.add_argument(
@@ -209,6 +210,7 @@ def run(args: argparse.Namespace) -> Header:
                 overwrite=args.overwrite,
                 progress=bar.update,
                 metadata=None if args.json_columns is None else JsonColumns(args.json_columns),
+                storage_options={"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None,
             )
         where = args.root
     else:

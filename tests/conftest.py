@@ -28,3 +28,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     from slow_tests import mark_slow
 
     mark_slow(items)
+
+
+@pytest.fixture(scope="session")
+def s3rver() -> Iterator[S3Server]:
+    """A real S3-compatible server (npm s3rver) on 127.0.0.1 with an empty bucket.
+
+    Serves ranged GETs without copying the object (unlike moto), so S3 reads, writes and
+    benchmarks run against it; it does not enforce If-None-Match (use ``s3_server``).
+    """
+    from s3rver import running_s3rver
+
+    with running_s3rver() as server:
+        yield server

@@ -78,7 +78,7 @@ def test_optional_caption_arrives_per_sample_with_none_where_missing(tmp_path: P
 def test_unshuffled_epoch_delivers_every_caption(tmp_path: Path) -> None:
     captions = _captioned(tmp_path)
     index_tars(tmp_path)
-    batches = _epoch(ShardedDataset(tmp_path), seed=0, shuffle_buffer=1, shuffle_window=1)
+    batches = _epoch(ShardedDataset(tmp_path), seed=0, shuffle_buffer=1, shuffle_window=1, shuffle="window")
     pairs = [(i, t) for b in batches for i, t in zip(b["ids"].tolist(), b["txt"])]  # type: ignore[attr-defined]
     got = {i: t for i, t in pairs if t is not None}
     assert got == captions
@@ -88,7 +88,7 @@ def test_fields_contract_names_shard_and_id_of_a_sample_without_the_field(tmp_pa
     _captioned(tmp_path)
     index_tars(tmp_path)
     with pytest.raises(CorruptSampleError, match=r"part-0\.tar sample id 0 at offset 0 .*no field 'txt'"):
-        _epoch(ShardedDataset(tmp_path), seed=0, shuffle_buffer=1, shuffle_window=1, fields=["npy", "txt"])
+        _epoch(ShardedDataset(tmp_path), seed=0, shuffle_buffer=1, shuffle_window=1, shuffle="window", fields=["npy", "txt"])
 
 
 def test_symlink_member_leaves_the_field_missing_not_a_keyerror(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_image_folder_mixing_png_and_bmp(tmp_path: Path) -> None:
         for j in range(5):
             fmt = "BMP" if j % 2 else "PNG"
             (folder / f"{j}.{fmt.lower()}").write_bytes(_image(fmt, 10 * c + j))
-    header = DatasetWriter(tmp_path / "out").write(ImageFolderSource(tmp_path / "in"))
+    header = DatasetWriter(tmp_path / "out", keep_order=True).write(ImageFolderSource(tmp_path / "in"))
     assert header.fields["bmp"] == {"encoding": "bmp"}
     ds = ShardedDataset(tmp_path / "out")
     (batch,) = _epoch(ds, seed=0)

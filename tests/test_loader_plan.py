@@ -197,7 +197,7 @@ def test_bad_plan_arguments() -> None:
         PlanConfig(seed=0, batch_size=0)
     with pytest.raises(ConfigError, match=r"rank=3 must be an int in \[0, 1\]"):
         PlanConfig(seed=0, batch_size=1, rank=3, world_size=2)
-    with pytest.raises(ConfigError, match="max_gap=-1 must be >= 0"):
+    with pytest.raises(ConfigError, match=r"max_gap=-1 must be an int >= 0"):
         plan_reads(np.arange(1), np.arange(1), np.zeros(1, int), np.zeros(1, int), np.ones(1, int), max_gap=-1,
                    max_block=1)
     with pytest.raises(ConfigError, match="lengths differ: 3, 2"):

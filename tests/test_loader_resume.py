@@ -104,7 +104,8 @@ def test_resume_at_every_batch_for_every_shuffle_mode(ds: Path, shuffle: str) ->
 
 def test_resume_with_workers_and_transform(ds: Path) -> None:
     # Worker pipelines are rebuilt per resume (new processes), so a sample of stop points.
-    _check_resume(ds, 1, [0, 1, 5, 9, 12], num_workers=2, transform=as_float, prefetch_batches=3)
+    # Epoch 1 has 11 batches here: stop at its start, inside it and at its end.
+    assert _check_resume(ds, 1, [0, 1, 5, 9, 11], num_workers=2, transform=as_float, prefetch_batches=3) == 11
 
 
 def test_resume_drop_last_multi_rank(ds: Path) -> None:

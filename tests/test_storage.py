@@ -9,6 +9,7 @@ import pickle
 import pytest
 
 from shardprune.errors import ConfigError, FetchError
+from shardprune.retry import RetryPolicy
 from shardprune.storage import Storage, open_storage
 
 
@@ -38,14 +39,18 @@ def test_atomic_write_leaves_no_temp_and_replaces(tmp_path: os.PathLike[str]) ->
 
 
 def test_bad_arguments_name_value_and_range(tmp_path: os.PathLike[str]) -> None:
-    with pytest.raises(ConfigError, match=r"retries=0 is outside 1\.\.100"):
-        Storage(tmp_path, retries=0)
+    with pytest.raises(ConfigError, match=r"attempts=0 must be an int in \[1, 100\]"):
+        Storage(tmp_path, retry=RetryPolicy(attempts=0))
+    with pytest.raises(ConfigError, match=r"max_in_flight=0 must be an int in \[1, 256\]"):
+        Storage(tmp_path, max_in_flight=0)
+    with pytest.raises(ConfigError, match=r"backend='boto'"):
+        Storage(tmp_path, backend="boto")
     with pytest.raises(ConfigError, match="empty"):
         Storage("")
 
 
 def test_transient_errors_are_retried_then_reported(tmp_path: os.PathLike[str]) -> None:
-    st = Storage(tmp_path, retries=3, backoff_s=0.0)
+    st = Storage(tmp_path, retry=RetryPolicy(attempts=3, base_s=0.0))
     calls: list[int] = []
 
     def flaky() -> bytes:
@@ -65,7 +70,7 @@ def test_transient_errors_are_retried_then_reported(tmp_path: os.PathLike[str]) 
 
 
 def test_permanent_errors_are_not_retried(tmp_path: os.PathLike[str]) -> None:
-    st = Storage(tmp_path, retries=5, backoff_s=0.0)
+    st = Storage(tmp_path, retry=RetryPolicy(attempts=5, base_s=0.0))
     with pytest.raises(FileNotFoundError):
         st.read_range("missing", 0, 1)
 

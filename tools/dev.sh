@@ -15,6 +15,10 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" \
     || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+# The S3 tests' server (tests/s3rver.py): npm s3rver into an ignored local folder.
+if [ ! -f .s3rver/node_modules/s3rver/bin/s3rver.js ]; then
+    npm install -q --prefix .s3rver s3rver@3.7.1 --no-audit --no-fund
+fi
 cmd=${1:-test}
 shift || true
 case "$cmd" in

@@ -29,7 +29,7 @@ from shardprune.format.tarsample import BLOCK, member_end, split_key
 from shardprune.format.writer import existing_dataset
 from shardprune.sources.base import check_labels
 from shardprune.sources.sniff import encoding_of
-from shardprune.storage import Storage
+from shardprune.storage import Storage, open_storage
 
 Progress = Callable[[int], None]
 
@@ -45,16 +45,17 @@ _COMPRESSED = (
 _REFETCH = "re-copy or re-download it, or move it out of the folder to index the rest"
 
 
-def _members(path: str) -> list[tarfile.TarInfo]:
+def _members(storage: Storage, rel: str) -> list[tarfile.TarInfo]:
     """The regular-file members of one tar, after checking the tar is whole.
 
     Raises:
         SourceError: the file is missing, compressed, truncated (a member's data or a
             header runs past the end) or damaged; the message names the member and offset.
     """
+    path = storage.path(rel)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
+        size = storage.size(rel)
+        with storage.open(rel) as f:
             head = f.read(BLOCK)
     except FileNotFoundError as exc:
         raise SourceError(f"{path!r} does not exist") from exc
@@ -68,7 +69,7 @@ def _members(path: str) -> list[tarfile.TarInfo]:
         raise SourceError(f"{path!r} is empty (0 bytes); {_REFETCH}")
     members: list[tarfile.TarInfo] = []
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with storage.open(rel) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             while (m := tar.next()) is not None:
                 members.append(m)
     except (tarfile.TarError, OSError) as exc:
@@ -83,7 +84,7 @@ def _members(path: str) -> list[tarfile.TarInfo]:
     end = member_end(members[-1]) if members else 0
     if members and end > size:
         raise SourceError(_short_member(path, members[-1], size))
-    with open(path, "rb") as f:
+    with storage.open(rel) as f:
         f.seek(end)
         tail = f.read(BLOCK)
     # tarfile takes a partial last header for the end of the archive; WebDataset would too,
@@ -105,7 +106,8 @@ def _short_member(path: str, m: tarfile.TarInfo, size: int) -> str:
 
 
 def _scan(
-    path: str,
+    storage: Storage,
+    rel: str,
     label_ext: str | None,
     seen: dict[str, str],
     metadata: MetadataFn | None = None,
@@ -117,10 +119,11 @@ def _scan(
     With ``metadata``, also append ``metadata(sample_id, {extension: bytes})`` of each
     sample to ``meta_rows`` (ids counted from ``first_id``).
     """
+    path = storage.path(rel)
     groups: list[list[tarfile.TarInfo]] = []
     current: str | None = None
     exts_in_group: set[str] = set()
-    for m in _members(path):
+    for m in _members(storage, rel):
         key, ext = split_key(m.name)
         base = key.rsplit("/", 1)[-1]
         if not base or "." in key:
@@ -146,7 +149,7 @@ def _scan(
         groups.append([m])
     rows: list[tuple[int, int, int, int | None]] = []
     exts: set[str] = set()
-    with open(path, "rb") as f:
+    with storage.open(rel) as f:
         for group in groups:
             start = group[0].offset
             length = member_end(group[-1]) - start
@@ -179,17 +182,9 @@ def _scan(
     return rows, exts
 
 
-def find_tars(root: str) -> list[str]:
+def find_tars(root: str | os.PathLike[str] | Storage) -> list[str]:
     """Paths (relative to ``root``, ``/``-separated, sorted) of the ``.tar`` files below ``root``."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
-            for f in filenames
-            if f.endswith(".tar") and not f.startswith(".")
-        )
-    return sorted(found)
+    return open_storage(root).find(".tar")
 
 
 def index_tars(
@@ -201,11 +196,13 @@ def index_tars(
     overwrite: bool = False,
     progress: Progress | None = None,
     metadata: MetadataFn | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Header:
     """Write ``manifest.arrow`` and ``shardprune.json`` beside existing WebDataset tars.
 
     Args:
-        root: Local directory holding the tars; it becomes the dataset root.
+        root: Directory or object-store prefix (``s3://bucket/prefix``, chained fsspec
+            URLs too) holding the tars; it becomes the dataset root.
         tars: Tar paths relative to ``root`` in shard order (default: every ``*.tar``
             below ``root``, sorted).
         label_ext: Member extension holding an ASCII integer label (default ``"cls"``;
@@ -217,15 +214,17 @@ def index_tars(
             metadata columns, e.g. :class:`~shardprune.format.metadata.JsonColumns` to copy
             keys of each sample's ``.json`` member (default None). The samples are read
             anyway, for their CRC32.
+        storage_options: fsspec options for a remote ``root`` (endpoint, credentials).
 
     Raises:
         SourceError: a rule in the module docstring is broken, or there are no samples.
         OutputExistsError: a different dataset is already indexed here.
     """
-    root = os.path.abspath(os.fspath(root))
-    if not os.path.isdir(root):
+    storage = Storage(root, storage_options)
+    root = storage.url
+    if storage.is_local and not os.path.isdir(root):
         raise SourceError(f"{root!r} is not a directory; pass the folder holding the .tar shards")
-    rels = find_tars(root) if tars is None else list(tars)
+    rels = find_tars(storage) if tars is None else list(tars)
     if not rels:
         raise SourceError(f"no .tar files below {root!r}")
     seen: dict[str, str] = {}
@@ -234,13 +233,12 @@ def index_tars(
     exts: set[str] = set()
     meta_rows: list[Mapping[str, Any]] = []
     for rel in rels:
-        path = os.path.join(root, rel)
-        rows, shard_exts = _scan(path, label_ext, seen, metadata, len(cols), meta_rows)
+        rows, shard_exts = _scan(storage, rel, label_ext, seen, metadata, len(cols), meta_rows)
         if not rows:
             continue
         exts |= shard_exts
         shard = len(shards)
-        shards.append(ShardInfo(path=rel, bytes=os.path.getsize(path), samples=len(rows)))
+        shards.append(ShardInfo(path=rel, bytes=storage.size(rel), samples=len(rows)))
         cols.extend((shard, o, n, c, lab) for o, n, c, lab in rows)
         if progress is not None:
             progress(len(rows))
@@ -278,7 +276,6 @@ def index_tars(
         num_classes=num,
         source={"kind": "webdataset-index", "label_ext": label_ext},
     )
-    storage = Storage(root)
     existing = existing_dataset(storage, header, overwrite)
     if existing is not None:
         return existing

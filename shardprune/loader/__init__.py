@@ -13,7 +13,7 @@ background), :mod:`~shardprune.loader.workers` (persistent worker processes),
 :mod:`~shardprune.loader.streaming`, which drives them.
 """
 
-from shardprune.loader.ioplan import IOSummary, ReadBlock, ReadUnit, plan_reads, summarize
+from shardprune.loader.ioplan import IOSummary, ReadBlock, ReadPlan, ReadUnit, plan_reads, summarize
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
 from shardprune.loader.stats import EpochStats
 from shardprune.loader.streaming import StreamingLoader
@@ -24,6 +24,7 @@ __all__ = [
     "IOSummary",
     "PlanConfig",
     "ReadBlock",
+    "ReadPlan",
     "ReadUnit",
     "StreamingLoader",
     "make_plan",

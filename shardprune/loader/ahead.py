@@ -35,11 +35,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shardprune.loader.epochs import PlannedEpoch
-from shardprune.loader.ioplan import ReadUnit
+from shardprune.loader.ioplan import ReadPlan
 from shardprune.scores.snapshot import ScoreSnapshot
 
 #: What the background thread returns: the epoch and the read units of its first pass.
-Prepared = tuple[PlannedEpoch, list[ReadUnit]]
+Prepared = tuple[PlannedEpoch, ReadPlan]
 #: An epoch is frozen at most this fraction of its length before its end (rule 1).
 MAX_AHEAD_FRACTION = 16
 

@@ -58,9 +58,12 @@ def _tensor_or_value(value: Any) -> Any:
     return value
 
 
-def collate(samples: list[Sample]) -> Batch:
-    """Collate ``samples`` into a batch dict (fields missing from some samples: lists with :data:`MISSING`)."""
-    keys = list(dict.fromkeys(k for s in samples for k in s))
+def collate(samples: list[Sample], fields: tuple[str, ...] = ()) -> Batch:
+    """Collate ``samples`` into a batch dict (fields missing from some samples: lists with :data:`MISSING`).
+
+    ``fields`` are keys every batch has: one that no sample has is all :data:`MISSING`.
+    """
+    keys = list(dict.fromkeys([*(k for s in samples for k in s), *fields]))
     batch: Batch = {}
     for key in keys:
         if not all(key in s for s in samples):

@@ -26,7 +26,7 @@ import numpy as np
 from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
 from shardprune.loader.filter import decide_filtered
-from shardprune.loader.ioplan import ReadUnit, plan_reads
+from shardprune.loader.ioplan import ReadPlan, plan_reads
 from shardprune.loader.options import ReadOptions
 from shardprune.loader.plan import EpochPlan, PlanConfig, make_plan
 from shardprune.loader.stats import EpochStats
@@ -114,7 +114,7 @@ class EpochPlanner:
         )
         return PlannedEpoch(epoch, clock, snapshot, decision, plan, stats)
 
-    def read_units(self, plan: EpochPlan, start_batch: int, reads: ReadOptions) -> list[ReadUnit]:
+    def read_units(self, plan: EpochPlan, start_batch: int, reads: ReadOptions) -> ReadPlan:
         """The range reads serving batches ``start_batch..`` of ``plan``, in read order."""
         slots = np.sort(plan.order[start_batch * plan.batch_size :])
         m = self.dataset.manifest
@@ -127,4 +127,5 @@ class EpochPlanner:
             max_gap=reads.max_gap,
             max_block=reads.max_block,
             gap_budget=reads.gap_budget,
+            cost=self.dataset.storage.cost,
         )

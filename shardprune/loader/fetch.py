@@ -14,8 +14,6 @@ object-store client and I/O thread pool lazily in each process.
 from __future__ import annotations
 
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +24,7 @@ from shardprune.dataset import ShardedDataset
 from shardprune.errors import ConfigError
 from shardprune.loader.decode import Sample, Transform, decode_sample, select_fields
 from shardprune.loader.failure import WorkerFailure
-from shardprune.loader.ioplan import ReadBlock, ReadUnit
+from shardprune.loader.ioplan import ReadUnit
 
 
 #: Sample keys that survive a ``fields`` selection.
@@ -151,44 +149,37 @@ class UnitFetcher:
         self.transform = transform
         self.io_threads = io_threads
         self.pack = pack
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = -1
-        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_pool"] = None
-        state["_pool_pid"] = -1
-        del state["_lock"]
         state["_env"] = {k: v for k, v in os.environ.items() if k.startswith(_STORAGE_ENV_PREFIXES)}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         env: dict[str, str] = state.pop("_env", {})
         self.__dict__.update(state)
-        self._lock = threading.Lock()
         # In the worker: the sender's storage settings, so both read from the same place.
         for key in [k for k in os.environ if k.startswith(_STORAGE_ENV_PREFIXES) and k not in env]:
             del os.environ[key]
         os.environ.update(env)
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="shardprune-io")
-                self._pool_pid = os.getpid()
-            return self._pool
-
-    def read_block(self, block: ReadBlock) -> bytes:
-        """The bytes of one block (one range request)."""
+    def read_unit(self, unit: ReadUnit) -> list[bytes]:
+        """The bytes of each of a unit's requests, up to ``io_threads`` in flight at once."""
         ds = self.dataset
-        return ds.storage.read_range(ds.shard_path(block.shard), block.offset, block.length)
+        ranges = [
+            (ds.shard_path(s), o, n)
+            for s, o, n in zip(unit.shard.tolist(), unit.offset.tolist(), unit.length.tolist())
+        ]
+        return ds.storage.read_ranges(ranges, max_in_flight=self.io_threads)
 
-    def _samples(self, block: ReadBlock, data: bytes) -> list[tuple[int, Sample]]:
+    def _samples(self, unit: ReadUnit, r: int, data: bytes) -> list[tuple[int, Sample]]:
         ds = self.dataset
         out: list[tuple[int, Sample]] = []
         view = memoryview(data)
-        for slot, i, start, n in zip(block.slots, block.ids, block.starts, block.lengths):
+        a, b = int(unit.first[r]), int(unit.first[r + 1])
+        for slot, i, start, n in zip(
+            unit.slots[a:b].tolist(), unit.ids[a:b].tolist(), unit.starts[a:b].tolist(), unit.lengths[a:b].tolist()
+        ):
             raw = bytes(view[start : start + n])
             ds.verify(i, raw)
             sample = ds.decode(i, raw)
@@ -213,15 +204,12 @@ class UnitFetcher:
 
     def _fetch(self, unit: ReadUnit) -> UnitResult:
         result = UnitResult(index=unit.index)
-        if self.io_threads > 1 and len(unit.blocks) > 1:
-            datas = list(self._executor().map(self.read_block, unit.blocks))
-        else:
-            datas = [self.read_block(b) for b in unit.blocks]
-        for block, data in zip(unit.blocks, datas):
-            result.bytes_read += block.length
-            result.requests += 1
-            result.gap_bytes += block.gap_bytes
-            result.samples.extend(self._samples(block, data))
+        datas = self.read_unit(unit)
+        result.bytes_read = unit.nbytes
+        result.requests = unit.requests
+        result.gap_bytes = unit.gap_bytes
+        for r, data in enumerate(datas):
+            result.samples.extend(self._samples(unit, r, data))
         if self.pack:
             result.pack()
         return result

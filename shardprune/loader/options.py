@@ -1,10 +1,9 @@
 """How the loader reads: the I/O planner's settings and their defaults by storage kind.
 
 Local reads are system calls, so gaps are never bridged and one read per unit is in
-flight; an object-store request costs a round trip, so pruned samples smaller than
-``max_gap`` are read through rather than splitting the request, further gaps are read
-through (smallest first) up to ``gap_budget`` of the planned bytes, and several range
-requests of a unit are in flight at once (see :func:`~shardprune.loader.ioplan.plan_reads`).
+flight; an object-store request costs a round trip, so gaps below the storage cost
+model's break-even size are read through (smallest first) up to ``gap_budget`` of the
+planned bytes, and many range requests of a worker are in flight at once (see :func:`~shardprune.loader.ioplan.plan_reads`).
 None of these settings changes which samples an epoch yields, or in which order.
 """
 
@@ -14,13 +13,17 @@ from dataclasses import dataclass
 
 from shardprune.validate import check_float, check_int
 
+#: ``max_gap`` 0: a pruned sample is never read through by default, whatever its size.
 LOCAL_MAX_GAP = 0
-REMOTE_MAX_GAP = 16 * 1024
+REMOTE_MAX_GAP = 0
+#: Gaps read through on object storage, smallest first and only below the storage cost
+#: model's break-even gap, as a fraction of the planned bytes (see
+#: :func:`~shardprune.loader.ioplan.plan_reads`): at most 10% more bytes for fewer requests.
 LOCAL_GAP_BUDGET = 0.0
-REMOTE_GAP_BUDGET = 0.2
+REMOTE_GAP_BUDGET = 0.1
 DEFAULT_MAX_BLOCK = 4 * 1024 * 1024
 LOCAL_IO_CONCURRENCY = 1
-REMOTE_IO_CONCURRENCY = 8
+REMOTE_IO_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)

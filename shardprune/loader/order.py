@@ -116,6 +116,10 @@ class BatchAssembler:
         mixup_alpha: Beta parameter of the blend factor.
         num_classes: The dataset's classes (for the soft ``target``), or None.
         keep_label: Whether batches carry ``label`` (False for unlabelled data).
+        fields: Fields every batch carries: one that no sample of a batch has arrives as a
+            list of :data:`~shardprune.loader.collate.MISSING` (as in a batch where only
+            some samples lack it), so ``batch[field]`` never raises ``KeyError``. Empty
+            when a transform may rename fields.
     """
 
     def __init__(
@@ -127,8 +131,10 @@ class BatchAssembler:
         mixup_alpha: float,
         num_classes: int | None,
         keep_label: bool,
+        fields: tuple[str, ...] = (),
     ) -> None:
         self.plan = plan
+        self.fields = fields
         self.seed = seed
         self.mixup_prob = mixup_prob
         self.mixup_alpha = mixup_alpha
@@ -138,7 +144,7 @@ class BatchAssembler:
     def __call__(self, item: SampleBatch) -> Batch:
         b, pairs = item
         slots = np.fromiter((s for s, _ in pairs), dtype=np.int64, count=len(pairs))
-        batch = collate([sample for _, sample in pairs])
+        batch = collate([sample for _, sample in pairs], self.fields)
         if not self.keep_label:
             batch.pop("label", None)
         batch["weights"] = torch.from_numpy(self.plan.slot_weights[slots].astype(np.float32))

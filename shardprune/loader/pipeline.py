@@ -20,7 +20,7 @@ persistent :class:`~shardprune.loader.workers.WorkerPool`, whose processes (star
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torchdata.nodes import BaseNode, IterableWrapper, Mapper, PinMemory, Prefetcher
@@ -90,7 +90,7 @@ class EpochPipeline:
 
     def __init__(
         self,
-        units: list[ReadUnit],
+        units: Sequence[ReadUnit],
         plan: EpochPlan,
         start: int,
         *,

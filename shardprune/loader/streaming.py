@@ -43,7 +43,7 @@ from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
 from shardprune.loader.epochs import EpochPlanner, PlannedEpoch, full_batches
 from shardprune.loader.fetch import UnitFetcher, UnitResult
-from shardprune.loader.ioplan import ReadUnit
+from shardprune.loader.ioplan import ReadPlan, ReadUnit
 from shardprune.loader.options import DEFAULT_MAX_BLOCK, ReadOptions
 from shardprune.loader.order import BatchAssembler
 from shardprune.loader.pipeline import (
@@ -124,12 +124,14 @@ class StreamingLoader:
             picklable: a module-level function or class instance).
         fields: Field names to load (default all).
         decode: Decode fields (images, npy, ints, text); False yields raw bytes (default True).
-        max_gap: Largest gap in bytes read through to merge two range requests
-            (default 0 local, 16 KiB remote).
-        gap_budget: Further gaps read through, smallest first, as a fraction of the
-            planned bytes, to save requests (default 0 local, 0.2 remote).
-        max_block: Largest range request / worker read unit in bytes (default 4 MiB).
-        io_concurrency: Concurrent range requests per read unit (default 1 local, 8 remote).
+        max_gap: Largest gap in bytes always read through to merge two range requests
+            (default 0: pruned samples are never read).
+        gap_budget: Further gaps read through, smallest first and only below the storage's
+            break-even gap (``dataset.storage.cost``), as a fraction of the planned bytes,
+            to save requests (default 0 local, 0.1 remote).
+        max_block: Largest worker read unit in bytes (default 4 MiB); on remote storage its
+            requests are split to the cost model's size (``dataset.storage.cost``).
+        io_concurrency: Range requests in flight per worker (default 1 local, 64 remote).
         prefetch_batches: Batches assembled ahead of the training loop (default 2; 0: none).
         pin_memory: Pin batches for fast CUDA copies (default: when CUDA is available).
         mixup: Apply the policy's Mixup (``decision.mixup_prob``); False never blends.
@@ -255,6 +257,9 @@ class StreamingLoader:
                 "pass pin_memory=None (pin when CUDA is available) or False"
             )
         self.mixup = bool(mixup)
+        # A transform may rename or drop fields, so only untransformed batches promise every field.
+        wanted = tuple(self.dataset.header.fields) if fields is None else tuple(fields)
+        self._batch_fields: tuple[str, ...] = () if transform is not None else wanted
         self.plan_ahead = check_int(
             "plan_ahead", plan_ahead, 0, fix="0 plans each epoch when it starts (for consumers that prefetch on a thread)"
         )
@@ -278,7 +283,7 @@ class StreamingLoader:
         self._active: EpochPipeline | None = None
         self._pool: WorkerPool | None = None
         self._ahead = PlanAhead(self._plan_with_units, self._open_early)
-        self._first_units: tuple[PlannedEpoch, list[ReadUnit]] | None = None
+        self._first_units: Prepared | None = None
 
     # -- what the current epoch is ----------------------------------------------------------
     @property
@@ -425,7 +430,7 @@ class StreamingLoader:
             return full_batches(len(self.dataset), self.cfg)
         return self._epoch.plan.num_batches
 
-    def read_units(self, start_batch: int = 0) -> list[ReadUnit]:
+    def read_units(self, start_batch: int = 0) -> ReadPlan:
         """The range reads serving batches ``start_batch..`` of the epoch planned last, in read order."""
         if self._epoch is None:
             raise ConfigError("no epoch is planned yet; call set_epoch(epoch) (or iterate) before read_units()")
@@ -494,6 +499,7 @@ class StreamingLoader:
             mixup_alpha=float(decision.mixup_alpha),
             num_classes=header.num_classes,
             keep_label=header.num_classes is not None,
+            fields=self._batch_fields,
         )
         cached, self._first_units = self._first_units, None
         units = cached[1] if cached is not None and cached[0] is planned and start == 0 else self.read_units(start)
