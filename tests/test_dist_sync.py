@@ -62,15 +62,31 @@ def test_exchange_keeps_int64_ids_above_2_pow_24(tmp_path: Path, world: int) -> 
     assert float(np.float32(2**24 + 1)) != 2**24 + 1  # the hazard the exchange avoids
 
 
-def _reference_run(data: str, store_dir: Path, ranks: list[dict[str, Any]], num_epochs: int) -> list[str]:
-    """One process fed every rank's reports: its snapshot before each epoch, and at the end."""
+def _reference_run(
+    data: str, store_dir: Path, ranks: list[dict[str, Any]], num_epochs: int, batch_size: int
+) -> list[str]:
+    """One process fed every rank's reports: the snapshot each epoch was planned from, and the end.
+
+    The loader freezes epoch e+1's scores when batch ``ahead_trigger(n)`` of epoch e is
+    requested (shardprune.loader.ahead), so that snapshot lacks every rank's last batches.
+    """
+    from shardprune.loader.ahead import DEFAULT_PLAN_AHEAD, ahead_trigger
+
     ds = open_dataset(data)
     prints = []
+    tails: list[np.ndarray] = []
     with ScoreStore(store_dir, len(ds), ds.fingerprint, flush_interval_s=None) as store:
         for e in range(num_epochs):
             prints.append(store.snapshot().fingerprint)
-            ids = np.concatenate([np.asarray(doc["epochs"][e]["ids"], dtype=np.int64) for doc in ranks])
-            store.apply(ids, fake_losses(ids, e), e)
+            for tail in tails:
+                store.apply(tail, fake_losses(tail, e - 1), e - 1)
+            parts = [np.asarray(doc["epochs"][e]["ids"], dtype=np.int64) for doc in ranks]
+            cut = ahead_trigger(ranks[0]["epochs"][e]["batches"], DEFAULT_PLAN_AHEAD) * batch_size
+            head = np.concatenate([p[:cut] for p in parts])
+            tails = [p[cut:] for p in parts]
+            store.apply(head, fake_losses(head, e), e)
+        for tail in tails:
+            store.apply(tail, fake_losses(tail, num_epochs - 1), num_epochs - 1)
         prints.append(store.snapshot().fingerprint)
     return prints
 
@@ -98,7 +114,7 @@ def test_ranks_share_one_score_state(tmp_path: Path, world: int, drop_last: bool
     out = tmp_path / f"out-epochs-{world}"
     assert codes == [0] * world, errors(out)
     ranks = _results(out, world)
-    reference = _reference_run(data, tmp_path / "reference", ranks, num_epochs)
+    reference = _reference_run(data, tmp_path / "reference", ranks, num_epochs, batch_size=8)
     pruned_somewhere = False
     for e in range(num_epochs):
         per_rank = [doc["epochs"][e] for doc in ranks]

@@ -225,7 +225,7 @@ class DistributedScores:
 
     # -- the exchange -------------------------------------------------------------------
     def sync(self) -> None:
-        """Exchange every rank's buffered reports and apply them all, in rank order (collective)."""
+        """Exchange every rank's buffered reports and apply them all, by epoch, then rank (collective)."""
         self._check_process()
         ids = torch.cat(self._ids) if self._ids else torch.empty(0, dtype=torch.int64, device=self.device)
         losses = torch.cat(self._losses) if self._losses else torch.empty(0, dtype=torch.float32, device=self.device)
@@ -258,10 +258,13 @@ class DistributedScores:
             all_epochs = torch.cat(parts).cpu().numpy()
             self.stats["collectives"] += 1
             self.stats["bytes_received"] += len(counts) * max(counts) * 8
-            # Runs of one epoch, applied in rank order.
+            # Epoch by epoch (a sync can span the loader's epoch boundary: the last batches of
+            # one epoch are reported after the next was frozen), each in rank order.
+            order = np.argsort(all_epochs, kind="stable")
+            all_epochs, ids_o, losses_o = all_epochs[order], gathered.ids[order], gathered.losses[order]
             cuts = np.flatnonzero(np.diff(all_epochs)) + 1
             for a, b in zip(np.r_[0, cuts], np.r_[cuts, all_epochs.size]):
-                self.store.apply(gathered.ids[a:b], gathered.losses[a:b], int(all_epochs[a]))
+                self.store.apply(ids_o[a:b], losses_o[a:b], int(all_epochs[a]))
         self.stats["reports_synced"] += int(sum(counts))
 
     # -- snapshots ----------------------------------------------------------------------

@@ -42,6 +42,8 @@ from shardprune.scores.snapshot import ScoreSnapshot
 Prepared = tuple[PlannedEpoch, ReadPlan]
 #: An epoch is frozen at most this fraction of its length before its end (rule 1).
 MAX_AHEAD_FRACTION = 16
+#: The loader's default ``plan_ahead`` (batches).
+DEFAULT_PLAN_AHEAD = 64
 
 
 def ahead_trigger(num_batches: int, plan_ahead: int) -> int:

@@ -37,7 +37,7 @@ import torch
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
 from shardprune.errors import CheckpointMismatchError, ConfigError
-from shardprune.loader.ahead import PlanAhead, Prepared, ahead_trigger
+from shardprune.loader.ahead import DEFAULT_PLAN_AHEAD, PlanAhead, Prepared, ahead_trigger
 from shardprune.loader.adapters import EpochSampler
 from shardprune.loader.collate import Batch
 from shardprune.loader.decode import Transform
@@ -199,7 +199,7 @@ class StreamingLoader:
         mixup: bool = True,
         storage_options: dict[str, Any] | None = None,
         multiprocessing_context: str = "forkserver",
-        plan_ahead: int = 64,
+        plan_ahead: int = DEFAULT_PLAN_AHEAD,
         filter: FilterSpec = None,
     ) -> None:
         if (num_epochs is None) == (num_steps is None):
