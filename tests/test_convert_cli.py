@@ -58,7 +58,7 @@ def test_metadata_options_of_parquet_and_imagefolder(tmp_path: Path) -> None:
     )
     code = shardprune_main(
         ["convert", "parquet", str(tmp_path / "t.pq"), "-o", str(tmp_path / "pq"), "--metadata-columns", "w",
-         "--no-progress"]
+         "--no-shuffle", "--no-progress"]
     )
     assert code == 0
     assert ShardedDataset(tmp_path / "pq").manifest.metadata["w"].to_pylist() == [5, 6, 7, 8]
@@ -70,6 +70,9 @@ def test_metadata_options_of_parquet_and_imagefolder(tmp_path: Path) -> None:
          "--path-pattern", r"(?P<cls>[a-z])/x_(?P<n>\d)", "--no-progress"]
     )
     assert code == 0
-    meta = ShardedDataset(tmp_path / "if").manifest.metadata
-    assert meta["path"].to_pylist() == ["a/x_1.png", "b/x_1.png"]
-    assert meta["cls"].to_pylist() == ["a", "b"] and meta["n"].to_pylist() == [1, 1]
+    manifest = ShardedDataset(tmp_path / "if").manifest
+    meta = manifest.metadata
+    # Shuffled by default: each row's path stays with its own sample (class a is label 0).
+    assert sorted(meta["path"].to_pylist()) == ["a/x_1.png", "b/x_1.png"]
+    assert [{"a": 0, "b": 1}[c] for c in meta["cls"].to_pylist()] == manifest.label.tolist()
+    assert [p[0] for p in meta["path"].to_pylist()] == meta["cls"].to_pylist() and meta["n"].to_pylist() == [1, 1]

@@ -152,6 +152,8 @@ def test_loader_plans_with_the_storage_cost_model(tmp_path: Path) -> None:
     # A cost model whose request size is 64 KiB splits the one 300-sample run into more requests.
     costed_storage = Storage(tmp_path / "ds", cost=CostModel(latency_s=1e-3, bandwidth=1e6))
     costed = StreamingLoader(open_dataset(costed_storage), batch_size=10, num_epochs=1, decode=False)
+    plain.set_epoch(0)
+    costed.set_epoch(0)
     a, b = summarize(plain.read_units()), summarize(costed.read_units())
     assert a.bytes_read == b.bytes_read and a.samples == b.samples == 300
     assert a.requests == 1

@@ -15,6 +15,7 @@ from PIL import Image
 
 from shardprune.convert import convert_builtin
 from shardprune.format.writer import DatasetWriter
+from shardprune.format.permute import input_permutation
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -60,18 +61,23 @@ def test_metadata_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     loader = env["loader"]
     loader.set_epoch(0)
     ids = [int(i) for b in loader for i in b["ids"]]
-    expected = {i for i in range(200) if np.abs(x[i]).max() >= 1.5 and i % 4 and y[i] < 8}
+    # The converter wrote input row perm[j] as sample j (its default shuffle); the snippet's
+    # "source" column is computed from the written id.
+    perm = input_permutation(200, 0)
+    expected = {j for j in range(200) if np.abs(x[perm[j]]).max() >= 1.5 and j % 4 and y[perm[j]] < 8}
     assert set(ids) <= expected and len(ids) == len(expected) // 64 * 64
 
 
 def test_batches_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    from shardprune import StreamingLoader, weighted_loss
+    from shardprune import StreamingLoader, make_policy, weighted_loss
     from shardprune.models import MNIST1DCNN
 
     convert_builtin("mnist1d", "out/mnist1d-train", num_samples=600, shard_format="zarr")
     convert_builtin("mnist1d", "out/mnist1d-test", num_samples=600, split="test", shard_format="zarr")
-    loader = StreamingLoader("out/mnist1d-train", batch_size=32, policy="swdpp", num_epochs=1)
+    loader = StreamingLoader(
+        "out/mnist1d-train", batch_size=32, policy=make_policy("swdpp", mixup_prob=0.5), num_epochs=1
+    )
     loader.set_epoch(0)
     batch = next(iter(loader))
     assert "target" in batch
