@@ -58,33 +58,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# benchmarks/ is on sys.path when run as a script
+from maskpolicy import MaskPolicy, keep_mask  # noqa: E402
+
 from shardprune.dataset import ShardedDataset, open_dataset  # noqa: E402
 from shardprune.loader import StreamingLoader  # noqa: E402
-from shardprune.policies.decision import EpochDecision, PolicyBase  # noqa: E402
-from shardprune.scores.snapshot import ScoreSnapshot  # noqa: E402
 
 BENCH = REPO / ".bench"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-class MaskPolicy(PolicyBase):
-    """Keep a fixed mask every epoch, weight N / kept."""
-
-    name = "mask"
-
-    def __init__(self, keep: np.ndarray) -> None:
-        super().__init__(kept=int(keep.sum()), n=int(keep.size))
-        self.keep = keep
-
-    def decide(self, snapshot: ScoreSnapshot, epoch: int, seed: int, num_epochs: int) -> EpochDecision:
-        w = np.full(self.keep.size, self.keep.size / max(int(self.keep.sum()), 1), dtype=np.float32)
-        return EpochDecision(keep=self.keep.copy(), weights=w, keep_prob=None)
-
-
-def keep_mask(n: int, ratio: float, seed: int = 0) -> np.ndarray:
-    keep = np.zeros(n, dtype=bool)
-    keep[np.random.default_rng([seed, int(ratio * 1000)]).permutation(n)[: int(round((1 - ratio) * n))]] = True
-    return keep
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

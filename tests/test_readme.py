@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +30,16 @@ def _python_block(after_heading: str) -> str:
 def _make_shards_lines() -> list[list[str]]:
     lines = [line.strip() for line in README.splitlines() if line.strip().startswith("python tools/make_shards.py")]
     return [shlex.split(line)[2:] for line in lines]
+
+
+def _stored_visits(out: Path) -> tuple[int, np.ndarray]:
+    """The dataset's length and the visits per sample the run under ``out`` left in its score store."""
+    ds = open_dataset(out / "mnist1d-train")
+    store = ScoreStore(out / "scores", len(ds), ds.fingerprint, writer=False)
+    try:
+        return len(ds), store.snapshot().columns()["visits"]
+    finally:
+        store.close()
 
 
 def test_readme_has_make_shards_commands() -> None:
@@ -70,12 +81,7 @@ def test_readme_training_loop_runs(tmp_path: Path) -> None:
     assert max(skipped) > 0, f"InfoBatch pruned nothing in 30 epochs: {skipped}"
     assert skipped[-1] == 0, "the last epoch is an annealing epoch and keeps everything"
     # Every visit the loop trained on reached the store on disk (the last epoch's included).
-    ds = open_dataset(tmp_path / "out" / "mnist1d-train")
-    store = ScoreStore(tmp_path / "out" / "scores", len(ds), ds.fingerprint, writer=False)
-    try:
-        visits = store.snapshot().columns()["visits"]
-    finally:
-        store.close()
+    _, visits = _stored_visits(tmp_path / "out")
     assert int(visits.sum()) == sum(planned), f"{int(visits.sum())} visits on disk, {sum(planned)} trained"
 
 
@@ -126,13 +132,8 @@ def test_readme_integration_snippet_prunes(index: int, mnist1d_dir: Path, tmp_pa
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ds = open_dataset(tmp_path / "out" / "mnist1d-train")
-    store = ScoreStore(tmp_path / "out" / "scores", len(ds), ds.fingerprint, writer=False)
-    try:
-        visits = store.snapshot().columns()["visits"]
-    finally:
-        store.close()
-    full = len(ds) // 100 * 100
+    n, visits = _stored_visits(tmp_path / "out")
+    full = n // 100 * 100
     # Epoch 0 trains every sample once; epochs 1-2 skip InfoBatch's pruned part of the
     # well-learned set. Without pruning every sample would have 3 visits.
     assert full < int(visits.sum()) < SHORT_EPOCHS * full, int(visits.sum())

@@ -136,7 +136,20 @@ class EpochCursor:
             self._chosen, self._last = epoch, epoch - 1
 
 
-class LoaderDataset(IterableDataset[Batch]):
+class _CursorAdapter:
+    """What the pass-per-epoch adapters share: the loader and the :class:`EpochCursor` over it."""
+
+    def __init__(self, loader: StreamingLoader) -> None:
+        super().__init__()
+        self.loader = loader
+        self.cursor = EpochCursor(loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Run ``epoch`` on the next pass (it is planned now)."""
+        self.cursor.set_epoch(epoch)
+
+
+class LoaderDataset(_CursorAdapter, IterableDataset[Batch]):
     """A ``torch.utils.data.IterableDataset`` whose items are the loader's batches.
 
     Use it as ``DataLoader(as_iterable_dataset(loader), batch_size=None, num_workers=0)``:
@@ -159,15 +172,6 @@ class LoaderDataset(IterableDataset[Batch]):
     Args:
         loader: The loader to adapt.
     """
-
-    def __init__(self, loader: StreamingLoader) -> None:
-        super().__init__()
-        self.loader = loader
-        self.cursor = EpochCursor(loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Run ``epoch`` on the next pass (it is planned now)."""
-        self.cursor.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
@@ -198,11 +202,11 @@ def as_iterable_dataset(loader: StreamingLoader) -> LoaderDataset:
     return LoaderDataset(loader)
 
 
-class LoaderNode(BaseNode[Batch]):
+class LoaderNode(_CursorAdapter, BaseNode[Batch]):
     """A ``torchdata.nodes.BaseNode`` that yields the loader's batches, one epoch per reset.
 
     ``torchdata.nodes.Loader(as_node(loader))`` calls ``reset(None)`` at the start of every
-    pass, which runs the next epoch (or the one chosen with :meth:`set_epoch`);
+    pass, which runs the next epoch (or the one chosen with :meth:`set_epoch` before it);
     ``Loader.load_state_dict`` hands :meth:`get_state`'s dict to ``reset``, which resumes
     inside that epoch, or at the next one if it was finished. Further nodes (``Mapper``,
     ``Prefetcher``) compose on top of it.
@@ -216,14 +220,8 @@ class LoaderNode(BaseNode[Batch]):
     """
 
     def __init__(self, loader: StreamingLoader) -> None:
-        super().__init__()
-        self.loader = loader
-        self.cursor = EpochCursor(loader)
+        super().__init__(loader)
         self._it: Iterator[Batch] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Run ``epoch`` at the next ``reset(None)`` (it is planned now)."""
-        self.cursor.set_epoch(epoch)
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         """Start the next epoch, or resume at ``initial_state`` (from :meth:`get_state`)."""

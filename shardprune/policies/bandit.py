@@ -21,15 +21,13 @@ import math
 
 import numpy as np
 
-from shardprune.policies.baselines import seen_budget
+from shardprune.policies.baselines import budget_decision, split_seen
 from shardprune.policies.decision import (
     DEFAULT_DELTA,
     DEFAULT_PRUNE_RATIO,
     EpochDecision,
     PolicyBase,
-    check_delta,
-    check_prune_ratio,
-    budget,
+    check_ratio_delta,
     choose_mask,
 )
 from shardprune.policies.rng import PURPOSE_GREEDY, philox
@@ -41,8 +39,7 @@ _SIGMA_PER_MEAN_ABS_CHANGE = math.sqrt(math.pi) / 2.0
 
 class _GreedyBase(PolicyBase):
     def _setup(self, prune_ratio: float, delta: float, epsilon: float, reweight: bool, **extra: float) -> None:
-        prune_ratio = check_prune_ratio(prune_ratio, self.name)
-        delta = check_delta(delta)
+        prune_ratio, delta = check_ratio_delta(prune_ratio, delta, self.name)
         epsilon = check_float("epsilon", epsilon, 0.0, 1.0)
         reweight = check_bool("reweight", reweight)
         PolicyBase.__init__(self, prune_ratio=prune_ratio, delta=delta, epsilon=epsilon, reweight=reweight, **extra)
@@ -52,10 +49,8 @@ class _GreedyBase(PolicyBase):
 
     def plan(self, snapshot: ScoreSnapshot, epoch: int, seed: int) -> EpochDecision:
         n = len(snapshot)
-        seen = snapshot.seen
-        s_idx = np.flatnonzero(seen)
+        seen, s_idx, k = split_seen(snapshot, self.params["prune_ratio"])
         n_seen = len(s_idx)
-        k = seen_budget(n, n_seen, self.params["prune_ratio"])
         n_top = int(round((1.0 - self.params["epsilon"]) * k))
         n_explore = k - n_top
         keep = ~seen
@@ -79,19 +74,16 @@ class _GreedyBase(PolicyBase):
                 weights[s_idx[explore]] = len(rest) / n_explore
             keep_prob[s_idx[rest]] = n_explore / len(rest) if len(rest) else 1.0
         kept = n - n_seen + n_top + n_explore
-        return EpochDecision(
-            keep=keep,
-            weights=weights,
-            keep_prob=keep_prob,
-            info={
-                "annealing": False,
-                "budget": budget(n, self.params["prune_ratio"]),
-                "seen": n_seen,
-                "top": n_top,
-                "explore": n_explore,
-                "unbiased": bool(self.params["reweight"] and (n_explore > 0 or n_top >= n_seen)),
-                "pruned_fraction": 1.0 - kept / n,
-            },
+        return budget_decision(
+            keep,
+            weights,
+            keep_prob,
+            n_seen=n_seen,
+            n_kept=kept,
+            prune_ratio=self.params["prune_ratio"],
+            top=n_top,
+            explore=n_explore,
+            unbiased=bool(self.params["reweight"] and (n_explore > 0 or n_top >= n_seen)),
         )
 
 

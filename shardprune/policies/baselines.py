@@ -10,6 +10,8 @@ an unbiased estimate of the full sum even when unseen samples fill the budget.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from shardprune.policies.decision import (
@@ -17,11 +19,12 @@ from shardprune.policies.decision import (
     DEFAULT_PRUNE_RATIO,
     EpochDecision,
     PolicyBase,
-    check_delta,
-    check_prune_ratio,
     budget,
+    check_delta,
+    check_ratio_delta,
     choose_mask,
     keep_all,
+    pruning_decision,
 )
 from shardprune.policies.rng import PURPOSE_RANDOM, philox
 from shardprune.scores.snapshot import ScoreSnapshot
@@ -32,6 +35,36 @@ def seen_budget(n: int, n_seen: int, prune_ratio: float) -> int:
     """How many seen samples fit in the budget once every unseen sample is kept."""
     k = budget(n, prune_ratio) - (n - n_seen)
     return int(min(n_seen, max(k, min(n_seen, 1))))
+
+
+def split_seen(snapshot: ScoreSnapshot, prune_ratio: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """The seen mask, the positions of the seen samples, and :func:`seen_budget` for them."""
+    seen = snapshot.seen
+    s_idx = np.flatnonzero(seen)
+    return seen, s_idx, seen_budget(len(snapshot), len(s_idx), prune_ratio)
+
+
+def budget_decision(
+    keep: np.ndarray,
+    weights: np.ndarray,
+    keep_prob: np.ndarray,
+    *,
+    n_seen: int,
+    n_kept: int,
+    prune_ratio: float,
+    **info: Any,
+) -> EpochDecision:
+    """A budgeted pruning epoch's decision; ``info`` entries go between ``seen`` and ``pruned_fraction``."""
+    n = len(keep)
+    return pruning_decision(
+        keep,
+        weights,
+        keep_prob,
+        budget=budget(n, prune_ratio),
+        seen=n_seen,
+        **info,
+        pruned_fraction=1.0 - n_kept / n,
+    )
 
 
 class Full(PolicyBase):
@@ -67,16 +100,13 @@ class RandomPruning(PolicyBase):
     name = "random"
 
     def __init__(self, prune_ratio: float = DEFAULT_PRUNE_RATIO, delta: float = DEFAULT_DELTA) -> None:
-        prune_ratio = check_prune_ratio(prune_ratio, "random")
-        delta = check_delta(delta)
+        prune_ratio, delta = check_ratio_delta(prune_ratio, delta, "random")
         super().__init__(prune_ratio=prune_ratio, delta=delta)
 
     def plan(self, snapshot: ScoreSnapshot, epoch: int, seed: int) -> EpochDecision:
         n = len(snapshot)
-        seen = snapshot.seen
-        s_idx = np.flatnonzero(seen)
+        seen, s_idx, k = split_seen(snapshot, self.params["prune_ratio"])
         n_seen = len(s_idx)
-        k = seen_budget(n, n_seen, self.params["prune_ratio"])
         picked = s_idx[choose_mask(philox(seed, PURPOSE_RANDOM, epoch), n_seen, k)]
         keep = ~seen
         keep[picked] = True
@@ -85,15 +115,6 @@ class RandomPruning(PolicyBase):
         keep_prob = np.ones(n, dtype=np.float32)
         keep_prob[s_idx] = k / n_seen if n_seen else 1.0
         kept = int(n - n_seen + k)
-        return EpochDecision(
-            keep=keep,
-            weights=weights,
-            keep_prob=keep_prob,
-            info={
-                "annealing": False,
-                "budget": budget(n, self.params["prune_ratio"]),
-                "seen": n_seen,
-                "kept": kept,
-                "pruned_fraction": 1.0 - kept / n,
-            },
+        return budget_decision(
+            keep, weights, keep_prob, n_seen=n_seen, n_kept=kept, prune_ratio=self.params["prune_ratio"], kept=kept
         )

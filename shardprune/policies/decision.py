@@ -85,6 +85,13 @@ def check_delta(value: object) -> float:
     return check_float("delta", value, 0.0, 1.0, low_open=True, fix="pass e.g. delta=0.875 (InfoBatch's default)")
 
 
+def check_ratio_delta(
+    prune_ratio: object, delta: object, policy: str, high: float = 1.0, *, high_open: bool = True, why: str = ""
+) -> tuple[float, float]:
+    """Validate a budgeted policy's prune ratio r (as :func:`check_prune_ratio`), then its ``delta``."""
+    return check_prune_ratio(prune_ratio, policy, high, high_open=high_open, why=why), check_delta(delta)
+
+
 def is_annealing(epoch: int, num_epochs: int, delta: float) -> bool:
     """True for epochs ``e >= delta * num_epochs``, compared exactly (no float product or ==).
 
@@ -107,6 +114,11 @@ def keep_all(n: int, **info: Any) -> EpochDecision:
         keep_prob=np.ones(n, dtype=np.float32),
         info={"pruned_fraction": 0.0, **info},
     )
+
+
+def pruning_decision(keep: np.ndarray, weights: np.ndarray, keep_prob: np.ndarray | None, **info: Any) -> EpochDecision:
+    """A pruning (non-annealing) epoch's decision: ``info`` after ``"annealing": False``."""
+    return EpochDecision(keep=keep, weights=weights, keep_prob=keep_prob, info={"annealing": False, **info})
 
 
 class PolicyBase:

@@ -34,9 +34,9 @@ from shardprune.policies.decision import (
     DEFAULT_PRUNE_RATIO,
     EpochDecision,
     PolicyBase,
-    check_delta,
-    check_prune_ratio,
+    check_ratio_delta,
     choose_mask,
+    pruning_decision,
 )
 from shardprune.policies.rng import PURPOSE_INFOBATCH, philox
 from shardprune.scores.snapshot import ScoreSnapshot
@@ -59,14 +59,14 @@ class InfoBatch(PolicyBase):
     annealing_info = {"threshold": float("nan"), "well_learned": 0}
 
     def __init__(self, prune_ratio: float = DEFAULT_PRUNE_RATIO, delta: float = DEFAULT_DELTA, weight: str = "exact") -> None:
-        prune_ratio = check_prune_ratio(
+        prune_ratio, delta = check_ratio_delta(
             prune_ratio,
+            delta,
             "infobatch",
             0.9,
             high_open=False,
             why="InfoBatch keeps at least 10% of the well-learned samples (as the official code)",
         )
-        delta = check_delta(delta)
         weight = check_choice("weight", weight, WEIGHT_MODES)
         super().__init__(prune_ratio=prune_ratio, delta=delta, weight=weight)
         self.keep_ratio = min(1.0, max(0.1, 1.0 - prune_ratio))
@@ -90,22 +90,19 @@ class InfoBatch(PolicyBase):
         weights[picked] = weight
         keep_prob = np.ones(n, dtype=np.float32)
         keep_prob[w_idx] = k / n_well if n_well else 1.0
-        return EpochDecision(
-            keep=keep,
-            weights=weights,
-            keep_prob=keep_prob,
-            info={
-                "annealing": False,
-                "threshold": threshold,
-                "seen": n_seen,
-                "well_learned": n_well,
-                "kept_well_learned": k,
-                "weight": float(weight),
-                "official_weight": 1.0 / self.keep_ratio,
-                "pruned_fraction": (n_well - k) / n,
-                # Unbiased iff every kept well-learned sample stands for |W|/k of them. Not so
-                # when floor((1 - r)|W|) = 0 < |W| (all of W dropped, as the official code does),
-                # nor for weight="official" when (1 - r)|W| is not an integer.
-                "unbiased": n_well == 0 or (k > 0 and abs(weight * k - n_well) <= 1e-9 * n_well),
-            },
+        return pruning_decision(
+            keep,
+            weights,
+            keep_prob,
+            threshold=threshold,
+            seen=n_seen,
+            well_learned=n_well,
+            kept_well_learned=k,
+            weight=float(weight),
+            official_weight=1.0 / self.keep_ratio,
+            pruned_fraction=(n_well - k) / n,
+            # Unbiased iff every kept well-learned sample stands for |W|/k of them. Not so
+            # when floor((1 - r)|W|) = 0 < |W| (all of W dropped, as the official code does),
+            # nor for weight="official" when (1 - r)|W| is not an integer.
+            unbiased=n_well == 0 or (k > 0 and abs(weight * k - n_well) <= 1e-9 * n_well),
         )

@@ -47,8 +47,7 @@ from shardprune.policies.decision import (
     EpochDecision,
     PolicyBase,
     budget,
-    check_delta,
-    check_prune_ratio,
+    check_ratio_delta,
 )
 from shardprune.policies.rng import PURPOSE_SWDPP_KEEP, philox
 from shardprune.scores.snapshot import ScoreSnapshot
@@ -155,8 +154,7 @@ class SwDPP(PolicyBase):
         mixup_alpha: float = MIXUP_ALPHA,
         max_weight: float | None = None,
     ) -> None:
-        prune_ratio = check_prune_ratio(prune_ratio, "swdpp")
-        delta = check_delta(delta)
+        prune_ratio, delta = check_ratio_delta(prune_ratio, delta, "swdpp")
         alpha = check_float("alpha", alpha, 0.0, 10.0)
         keep_ratio = 1.0 - prune_ratio
         p_min = P_MIN_SHARE * keep_ratio if p_min is None else p_min
