@@ -14,7 +14,10 @@ fi
 # The CPU build of torch first: a plain `torch` requirement can pull a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" \
     || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+# Pinned versions of everything else (tools/constraints.txt, a `pip freeze` of a working set-up):
+# unpinned, pip's resolver backtracked over the boto/aiobotocore/lightning versions for more than
+# 10 minutes on a fresh machine; pinned, the install takes about a minute.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c tools/constraints.txt -e ".[test]"
 # The S3 tests' server (tests/s3rver.py): npm s3rver into an ignored local folder.
 if [ ! -f .s3rver/node_modules/s3rver/bin/s3rver.js ]; then
     npm install -q --prefix .s3rver s3rver@3.7.1 --no-audit --no-fund
