@@ -96,9 +96,10 @@ def _shard_positions(num_shards: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def _runs(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and lengths of the runs of equal values of a sorted ``key``."""
+    """Lengths of the runs of equal values of a sorted ``key``, and each element's index in its run."""
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    return starts, np.diff(np.r_[starts, key.size])
+    counts = np.diff(np.r_[starts, key.size])
+    return counts, np.arange(key.size, dtype=np.int64) - np.repeat(starts, counts)
 
 
 def _file_order(kept: np.ndarray, shard: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -126,8 +127,7 @@ def window_sequence(
     kept = _file_order(kept, shard, offset)
     kept = kept[_stable_by(shard_pos[shard[kept]], num_shards)]
     pos = shard_pos[shard[kept]]
-    starts, counts = _runs(pos)
-    within = np.arange(kept.size, dtype=np.int64) - np.repeat(starts, counts)
+    counts, within = _runs(pos)
     run = -(-p.buffer // p.window)
     # One composite key for (window, turn, shard position, within): every part is bounded,
     # so a single argsort replaces a four-key lexsort.
@@ -143,8 +143,7 @@ def block_sequence(
     if kept.size == 0:
         return kept
     kept = _file_order(kept, shard, offset)
-    starts, counts = _runs(shard[kept])
-    within = np.arange(kept.size, dtype=np.int64) - np.repeat(starts, counts)
+    counts, within = _runs(shard[kept])
     # Block number: blocks never straddle two shards (one block = one range request).
     per_shard = -(-counts // p.block)
     first = np.r_[0, np.cumsum(per_shard)[:-1]]
