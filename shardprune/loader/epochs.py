@@ -127,5 +127,5 @@ class EpochPlanner:
             max_gap=reads.max_gap,
             max_block=reads.max_block,
             gap_budget=reads.gap_budget,
-            cost=self.dataset.storage.cost,
+            cost=reads.cost,
         )

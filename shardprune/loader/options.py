@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardprune.costmodel import CostModel
+from shardprune.errors import ConfigError
 from shardprune.validate import check_float, check_int
 
 #: ``max_gap`` 0: a pruned sample is never read through by default, whatever its size.
@@ -35,12 +37,15 @@ class ReadOptions:
         gap_budget: Further gaps read through, as a fraction of the planned bytes.
         max_block: Largest range request / worker read unit in bytes.
         io_concurrency: Concurrent range requests per read unit.
+        cost: The storage's request latency and bandwidth, which decide the gaps worth
+            reading through and the request size (None: no model, local storage).
     """
 
     max_gap: int
     gap_budget: float
     max_block: int
     io_concurrency: int
+    cost: CostModel | None = None
 
     @classmethod
     def for_storage(
@@ -51,8 +56,11 @@ class ReadOptions:
         gap_budget: float | None = None,
         max_block: int = DEFAULT_MAX_BLOCK,
         io_concurrency: int | None = None,
+        cost: CostModel | None = None,
     ) -> ReadOptions:
         """Checked settings; None takes the default for local or remote storage."""
+        if cost is not None and not isinstance(cost, CostModel):
+            raise ConfigError(f"cost={cost!r} must be a shardprune.costmodel.CostModel, 'measure' or None")
         gap = (LOCAL_MAX_GAP if local else REMOTE_MAX_GAP) if max_gap is None else max_gap
         budget = (LOCAL_GAP_BUDGET if local else REMOTE_GAP_BUDGET) if gap_budget is None else gap_budget
         io = (LOCAL_IO_CONCURRENCY if local else REMOTE_IO_CONCURRENCY) if io_concurrency is None else io_concurrency
@@ -61,4 +69,5 @@ class ReadOptions:
             gap_budget=check_float("gap_budget", budget, 0, 10, fix="a fraction of the planned bytes"),
             max_block=check_int("max_block", max_block, 1),
             io_concurrency=check_int("io_concurrency", io, 1),
+            cost=cost,
         )

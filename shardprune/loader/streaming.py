@@ -32,8 +32,10 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from shardprune.costmodel import CostModel, measure
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
 from shardprune.errors import CheckpointMismatchError, ConfigError
@@ -132,6 +134,11 @@ class StreamingLoader:
         max_block: Largest worker read unit in bytes (default 4 MiB); on remote storage its
             requests are split to the cost model's size (``dataset.storage.cost``).
         io_concurrency: Range requests in flight per worker (default 1 local, 64 remote).
+        cost: The storage's request latency and per-connection bandwidth, which set the
+            break-even gap and the request size: a :class:`~shardprune.costmodel.CostModel`,
+            ``"measure"`` (remote only: time a few requests of the largest shard when the
+            loader is made, :func:`shardprune.costmodel.measure`, 6 requests), or None
+            (default: ``dataset.storage.cost``, 20 ms and 50 MB/s remote, none local).
         prefetch_batches: Batches assembled ahead of the training loop (default 2; 0: none).
         pin_memory: Pin batches for fast CUDA copies (default: when CUDA is available).
         mixup: Apply the policy's Mixup (``decision.mixup_prob``); False never blends.
@@ -194,6 +201,7 @@ class StreamingLoader:
         gap_budget: float | None = None,
         max_block: int = DEFAULT_MAX_BLOCK,
         io_concurrency: int | None = None,
+        cost: CostModel | str | None = None,
         prefetch_batches: int = 2,
         pin_memory: bool | None = None,
         mixup: bool = True,
@@ -240,7 +248,8 @@ class StreamingLoader:
         self.prefetch_batches = check_int("prefetch_batches", prefetch_batches, 0)
         local = self.dataset.storage.is_local
         self.reads = ReadOptions.for_storage(
-            local, max_gap=max_gap, gap_budget=gap_budget, max_block=max_block, io_concurrency=io_concurrency
+            local, max_gap=max_gap, gap_budget=gap_budget, max_block=max_block, io_concurrency=io_concurrency,
+            cost=self._cost_model(cost),
         )
         if multiprocessing_context not in MP_CONTEXTS:
             raise ConfigError(
@@ -284,6 +293,28 @@ class StreamingLoader:
         self._pool: WorkerPool | None = None
         self._ahead = PlanAhead(self._plan_with_units, self._open_early)
         self._first_units: Prepared | None = None
+
+    def _cost_model(self, cost: CostModel | str | None) -> CostModel | None:
+        """``cost`` resolved: the storage's default, the model given, or one measured now."""
+        if cost is None:
+            return self.dataset.storage.cost
+        if isinstance(cost, CostModel):
+            return cost
+        if cost != "measure":
+            raise ConfigError(f"cost={cost!r} must be a shardprune.costmodel.CostModel, 'measure' or None")
+        storage = self.dataset.storage
+        if storage.is_local:
+            raise ConfigError(
+                f"cost='measure' times object-store requests, and {storage.url} is local (reads are system calls, "
+                "nothing is bridged or split); pass cost=None"
+            )
+        m = self.dataset.manifest
+        if len(m.shard) == 0:
+            return storage.cost
+        ends = np.zeros(len(self.dataset.header.shards), dtype=np.int64)
+        np.maximum.at(ends, np.asarray(m.shard, dtype=np.int64), np.asarray(m.offset) + np.asarray(m.length))
+        shard = int(np.argmax(ends))
+        return measure(storage, self.dataset.shard_path(shard), int(ends[shard]))
 
     # -- what the current epoch is ----------------------------------------------------------
     @property
