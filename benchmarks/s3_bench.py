@@ -16,7 +16,7 @@ request costs what a cross-zone S3 GET does. Data: WebDataset tars of random byt
 uploaded once per run. Pruning: a fixed, seeded keep mask of exactly ``round((1 - r) N)``
 samples, the same for every reader.
 
-Readers, one epoch each, ``--workers`` worker processes:
+Readers, ``--workers`` worker processes (shardprune: the second epoch of one loader is timed):
 
 * ``shardprune``: ``StreamingLoader`` with its remote defaults (``max_gap`` 0, gap budget
   0.1 below the break-even gap, requests split to the cost model's size), raw bytes.
@@ -94,22 +94,54 @@ def upload(local: Path, url: str, options: dict[str, Any]) -> None:
 
 
 # -- readers ------------------------------------------------------------------------------
-def run_shardprune(url: str, options: dict[str, Any], keep: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def cpu_by_process(exclude: tuple[int, ...] = ()) -> dict[int, float]:
+    """CPU seconds so far of this process and of every descendant (workers, server, proxy)."""
+    import psutil
+
+    me = psutil.Process()
+    out: dict[int, float] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def run_shardprune(url: str, options: dict[str, Any], keep: np.ndarray, args: argparse.Namespace,
+                   harness: tuple[int, ...] = (), on_timed: Any = None) -> dict[str, Any]:
+    """One loader, two epochs of the same mask; epoch 1 is timed (workers started, as in training).
+
+    ``harness``: PIDs of the server and the proxy, whose CPU seconds in the timed epoch are
+    reported apart from the reader's (its process and workers). ``on_timed()`` is called
+    just before the timed epoch (the proxy's counters are reset there).
+    """
     extra: dict[str, Any] = {} if args.max_block_mb is None else {"max_block": args.max_block_mb << 20}
     if args.io_concurrency is not None:
         extra["io_concurrency"] = args.io_concurrency
+    if getattr(args, "shuffle", None):
+        extra["shuffle"] = args.shuffle
     loader = StreamingLoader(
-        url, storage_options=options, batch_size=args.batch_size, policy=MaskPolicy(keep), num_epochs=1,
+        url, storage_options=options, batch_size=args.batch_size, policy=MaskPolicy(keep), num_epochs=2,
         num_workers=args.workers, decode=False, mixup=False, drop_last=False, fields=["bin"], **extra,
     )
-    loader.set_epoch(0)
+    for _ in loader:  # epoch 0: starts the workers and the clients
+        pass
+    if on_timed is not None:
+        on_timed()
+    before = cpu_by_process()
     t0 = time.perf_counter()
     samples = sum(len(b["ids"]) for b in loader)
     secs = time.perf_counter() - t0
+    after = cpu_by_process()
     s = loader.epoch_stats
     loader.close()
+    delta = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
     return {"samples": samples, "seconds": secs, "bytes_read": s.bytes_read, "bytes_kept": s.bytes_kept,
-            "requests": s.requests, "gap_bytes": s.gap_bytes}
+            "requests": s.requests, "gap_bytes": s.gap_bytes,
+            "cpu_reader": sum(v for pid, v in delta.items() if pid not in harness),
+            "cpu_harness": sum(v for pid, v in delta.items() if pid in harness)}
 
 
 def _open_streams(src: Iterator[dict[str, Any]], options: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -178,12 +210,15 @@ def cmd_epoch(args: argparse.Namespace) -> None:
                 tars = sorted(f"{url}/{p.name}" for p in local.glob("*.tar"))
                 # Untimed: starts the forkserver and imports the client stack once, as a second epoch would find.
                 run_shardprune(url, opts, keep_mask(n, 0.9), args)
+                import psutil
+
+                harness = tuple(p.pid for p in psutil.Process().children(recursive=True) if p.name() == "node")
+                harness += (proxy.pid,) if proxy.pid is not None else ()
                 for r in ratios:
                     keep = keep_mask(n, r)
                     best: dict[str, Any] | None = None
                     for _ in range(args.rounds):
-                        proxy.reset_counts()
-                        res = run_shardprune(url, opts, keep, args)
+                        res = run_shardprune(url, opts, keep, args, harness, proxy.reset_counts)
                         counts = proxy.counts()
                         res["proxy_bytes"] = counts["bytes_sent"]
                         res["proxy_gets"] = counts["range_gets"]
@@ -207,9 +242,10 @@ def cmd_epoch(args: argparse.Namespace) -> None:
     print()
     print(machine_line())
     print(f"proxy: {args.latency_ms} ms per response, {args.mbps} MB/s per connection; {args.dataset_mb} MiB per size, "
-          f"{args.shard_mb} MiB shards, {args.workers} workers, best of {args.rounds}")
-    print("| size | r | reader | s | x r=0 | target | bytes read / kept | proxy bytes / kept | requests | max in flight |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"{args.shard_mb} MiB shards, {args.workers} workers, best of {args.rounds}, shuffle {args.shuffle or 'default'}")
+    print("| size | r | reader | s | x r=0 | target | bytes read / kept | proxy bytes / kept | requests | max in flight "
+          "| CPU s reader / server+proxy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         base = next(x for x in rows if x["reader"] == row["reader"] and x["size"] == row["size"] and x["r"] == 0.0)
         rel = row["seconds"] / base["seconds"]
@@ -217,12 +253,12 @@ def cmd_epoch(args: argparse.Namespace) -> None:
         if row["reader"] == "shardprune":
             print(f"| {row['size']} | {row['r']:.1f} | shardprune | {row['seconds']:.2f} | {rel:.2f} | "
                   f"{(1 - row['r']) + 0.10:.2f} | {row['bytes_read'] / kept:.3f} | {row['proxy_bytes'] / kept:.3f} | "
-                  f"{row['requests']} | {row['max_in_flight']} |")
+                  f"{row['requests']} | {row['max_in_flight']} | {row['cpu_reader']:.2f} / {row['cpu_harness']:.2f} |")
         else:
             sp = next(x for x in rows if x["reader"] == "shardprune" and x["size"] == row["size"] and x["r"] == 0.0)
             print(f"| {row['size']} | 0.0 | webdataset | {row['seconds']:.2f} | shardprune r=0 is "
                   f"{row['seconds'] / sp['seconds']:.2f}x faster | 1.2x | - | {row['proxy_bytes'] / sp['bytes_kept']:.3f} "
-                  f"| - | - |")
+                  f"| - | - | - |")
 
 
 def cmd_bytes(args: argparse.Namespace) -> None:
@@ -353,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-block-mb", type=int, default=None, help="read unit size (default: the loader's)")
     p.add_argument("--io-concurrency", type=int, default=None, help="requests in flight per worker (default: the loader's)")
+    p.add_argument("--shuffle", default=None,
+                   help="loader shuffle mode (default: the loader's, 'block' for these in-place tars; 'window' is "
+                        "the default for converter-shuffled datasets)")
     p.add_argument("--rounds", type=int, default=2, help="epochs per configuration, best kept (default 2)")
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--mbps", type=float, default=50.0, help="MB/s per connection (default 50)")

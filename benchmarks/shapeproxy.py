@@ -77,6 +77,8 @@ class ShapingProxy:
         self.bytes_sent = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        #: ``time.monotonic()`` when each ranged GET arrived (CLOCK_MONOTONIC: comparable across processes).
+        self.arrivals: list[float] = []
         self._lock = threading.Lock()
         self._server = _BoundedServer(("127.0.0.1", 0), _make_handler(self), max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="shapeproxy", daemon=True)
@@ -89,9 +91,12 @@ class ShapingProxy:
     def reset_counts(self) -> None:
         with self._lock:
             self.requests = self.range_gets = self.bytes_sent = self.max_in_flight = 0
+            self.arrivals = []
 
     def _enter(self, ranged: bool) -> None:
         with self._lock:
+            if ranged:
+                self.arrivals.append(time.monotonic())
             self.requests += 1
             self.range_gets += int(ranged)
             self.in_flight += 1
@@ -221,6 +226,11 @@ class ShapingProxyProcess:
             raise RuntimeError("the shaping proxy process did not start within 60 s")
         self.url = self._control.recv()
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """The proxy process's PID (for CPU accounting)."""
+        return self._process.pid
 
     def counts(self) -> dict[str, int]:
         self._control.send("counts")

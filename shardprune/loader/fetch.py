@@ -14,6 +14,8 @@ object-store client and I/O thread pool lazily in each process.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +153,7 @@ class UnitFetcher:
         self.pack = pack
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_ahead")}
         state["_env"] = {k: v for k, v in os.environ.items() if k.startswith(_STORAGE_ENV_PREFIXES)}
         return state
 
@@ -193,18 +195,37 @@ class UnitFetcher:
         return out
 
     def __call__(self, unit: ReadUnit) -> UnitResult:
+        return self._guard(unit, lambda: self.read_unit(unit))
+
+    def start(self, unit: ReadUnit) -> Future[list[bytes]]:
+        """Start reading ``unit``'s requests on a background thread (:meth:`finish` cuts them).
+
+        A reader starts the next unit before it cuts and decodes the current one, so the
+        next requests' round trips overlap that work instead of following it (one thread
+        per process; its requests run ``io_threads`` in flight as in :meth:`read_unit`).
+        """
+        pool = self.__dict__.get("_ahead_pool")
+        if pool is None or self.__dict__.get("_ahead_pid") != os.getpid():
+            pool = ThreadPoolExecutor(1, thread_name_prefix="shardprune-readahead")
+            self.__dict__["_ahead_pool"], self.__dict__["_ahead_pid"] = pool, os.getpid()
+        return pool.submit(self.read_unit, unit)
+
+    def finish(self, unit: ReadUnit, reads: Future[list[bytes]]) -> UnitResult:
+        """The result of a unit whose reads :meth:`start` began (its error, if any, as :meth:`__call__` gives it)."""
+        return self._guard(unit, reads.result)
+
+    def _guard(self, unit: ReadUnit, read: Callable[[], list[bytes]]) -> UnitResult:
         if not self.pack:
-            return self._fetch(unit)
+            return self._fetch(unit, read())
         # In a worker process: the exception travels as a value, so the training process
         # re-raises it as it was (not torchdata's re-raise with the traceback in the message).
         try:
-            return self._fetch(unit)
+            return self._fetch(unit, read())
         except Exception as exc:  # noqa: BLE001 - every error is re-raised in the training process
             return UnitResult(index=unit.index, error=WorkerFailure.capture(exc))
 
-    def _fetch(self, unit: ReadUnit) -> UnitResult:
+    def _fetch(self, unit: ReadUnit, datas: list[bytes]) -> UnitResult:
         result = UnitResult(index=unit.index)
-        datas = self.read_unit(unit)
         result.bytes_read = unit.nbytes
         result.requests = unit.requests
         result.gap_bytes = unit.gap_bytes

@@ -4,8 +4,8 @@ This and :mod:`~shardprune.loader.workers` are the loader's only torchdata users
 module the only one that reaches into its internals (``_it``, ``_shutdown``: torchdata has
 no public API to stop a running prefetch thread). The graph::
 
-    IterableWrapper(read units)                       # read order, from the resume cursor
-      -> Mapper(UnitFetcher) / PoolMapper(pool)      # read + CRC + decode + transform
+    read units                                        # read order, from the resume cursor
+      -> ReadAhead(UnitFetcher) / PoolMapper(pool)   # read (next unit's requests under way) + CRC + decode + transform
       -> PlanOrder                                   # back to plan order, cut into batches
       -> Mapper(BatchAssembler)                      # collate, weights, epoch, Mixup
       -> Failsafe                                    # an exception becomes a Failure item
@@ -20,10 +20,12 @@ persistent :class:`~shardprune.loader.workers.WorkerPool`, whose processes (star
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
-from torchdata.nodes import BaseNode, IterableWrapper, Mapper, PinMemory, Prefetcher
+from torchdata.nodes import BaseNode, Mapper, PinMemory, Prefetcher
 
 from shardprune.loader.collate import Batch
 from shardprune.loader.failure import Failure
@@ -39,6 +41,42 @@ from shardprune.loader.workers import PoolMapper, WorkerPool
 FORKSERVER_PRELOAD = ("numpy", "torch", "shardprune.loader.fetch")
 #: Added for remote datasets: the object-store client stack (a missing one is skipped).
 FORKSERVER_PRELOAD_REMOTE = ("fsspec", "s3fs", "aiobotocore.session")
+
+
+class ReadAhead(BaseNode[UnitResult]):
+    """torchdata node: the results of ``units`` in order, fetched in this process with the
+    requests of the next ``depth - 1`` units already under way (:meth:`UnitFetcher.start`).
+
+    Args:
+        units: The pass's read units in read order.
+        fetcher: Reads them.
+        depth: Units whose reads are started at once (>= 1; 1: one unit at a time).
+    """
+
+    def __init__(self, units: Sequence[ReadUnit], fetcher: UnitFetcher, depth: int = 2) -> None:
+        super().__init__()
+        self.units, self.fetcher, self.depth = units, fetcher, depth
+        self._next = self._received = 0
+        self._started: deque[tuple[ReadUnit, Future[list[bytes]]]] = deque()
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        super().reset(initial_state)
+        self._next = self._received = 0
+        self._started.clear()
+
+    def get_state(self) -> dict[str, Any]:
+        return {"received": self._received}
+
+    def next(self) -> UnitResult:
+        while len(self._started) < self.depth and self._next < len(self.units):
+            unit = self.units[self._next]
+            self._started.append((unit, self.fetcher.start(unit)))
+            self._next += 1
+        if not self._started:
+            raise StopIteration
+        unit, reads = self._started.popleft()
+        self._received += 1
+        return self.fetcher.finish(unit, reads)
 
 
 class Failsafe(BaseNode[Any]):
@@ -102,9 +140,8 @@ class EpochPipeline:
         on_result: Callable[[UnitResult], None],
     ) -> None:
         self.epoch = plan.epoch
-        source: BaseNode[ReadUnit] = IterableWrapper(units)
         fetched: BaseNode[UnitResult]
-        fetched = Mapper(source, fetcher) if pool is None else PoolMapper(units, pool, plan.epoch)
+        fetched = ReadAhead(units, fetcher) if pool is None else PoolMapper(units, pool, plan.epoch)
         ordered = PlanOrder(fetched, plan, start_batch=start, on_result=on_result)
         root: BaseNode[Any] = Failsafe(Mapper(ordered, assembler))
         nodes: list[BaseNode[Any]] = [root, ordered, fetched]

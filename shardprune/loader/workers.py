@@ -32,7 +32,9 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,18 +52,37 @@ JOIN_S = 5.0
 
 
 def _serve(fetcher: UnitFetcher, inq: Any, outq: Any, live_from: Any) -> None:
-    """A worker's loop: read the units it is sent until the stop message (None)."""
+    """A worker's loop: read the units it is sent until the stop message (None).
+
+    Every unit already queued has its requests started (:meth:`UnitFetcher.start`) before
+    the oldest is cut, decoded and sent back, so a worker's next round trips overlap its
+    CPU work; results still leave in the order the units came.
+    """
     # Ctrl-C goes to the whole process group; the training process handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started: deque[tuple[int, int, ReadUnit | None, Future[list[bytes]] | None]] = deque()
+    stopping = False
     while True:
-        item = inq.get()
-        if item is None:
+        while not stopping:
+            try:
+                item = inq.get_nowait() if started else inq.get()
+            except queue.Empty:
+                break
+            if item is None:
+                stopping = True
+                break
+            gen, index, unit = item
+            if gen < live_from.value:
+                started.append((gen, index, None, None))  # an abandoned pass's unit: not read
+            else:
+                started.append((gen, index, unit, fetcher.start(unit)))
+        if not started:
             return
-        gen, index, unit = item
-        if gen < live_from.value:
-            outq.put((gen, index, None))  # an abandoned pass's unit: not read
-            continue
-        outq.put((gen, index, fetcher(unit)))
+        gen, index, unit, reads = started.popleft()
+        if unit is None or reads is None or gen < live_from.value:
+            outq.put((gen, index, None))
+        else:
+            outq.put((gen, index, fetcher.finish(unit, reads)))
 
 
 @dataclass
@@ -81,10 +102,12 @@ class WorkerPool:
         fetcher: Reads one unit; sent to each worker once, when it starts (``pack=True``).
         num_workers: Processes (>= 1).
         context: ``"forkserver"`` or ``"spawn"``.
-        in_flight: Units outstanding per worker (>= 1).
+        in_flight: Units outstanding per worker (>= 1; default 3: the one being decoded, the
+            one being read ahead, and one queued behind them so the read-ahead never waits
+            for the training process to send it).
     """
 
-    def __init__(self, fetcher: UnitFetcher, num_workers: int, context: str, in_flight: int = 2) -> None:
+    def __init__(self, fetcher: UnitFetcher, num_workers: int, context: str, in_flight: int = 3) -> None:
         self.fetcher = fetcher
         self.num_workers = num_workers
         self.in_flight = in_flight
