@@ -122,6 +122,8 @@ def run_shardprune(url: str, options: dict[str, Any], keep: np.ndarray, args: ar
         extra["io_concurrency"] = args.io_concurrency
     if getattr(args, "shuffle", None):
         extra["shuffle"] = args.shuffle
+    if getattr(args, "gap_budget", None) is not None:
+        extra["gap_budget"] = args.gap_budget
     loader = StreamingLoader(
         url, storage_options=options, batch_size=args.batch_size, policy=MaskPolicy(keep), num_epochs=2,
         num_workers=args.workers, decode=False, mixup=False, drop_last=False, fields=["bin"], **extra,
@@ -242,7 +244,8 @@ def cmd_epoch(args: argparse.Namespace) -> None:
     print()
     print(machine_line())
     print(f"proxy: {args.latency_ms} ms per response, {args.mbps} MB/s per connection; {args.dataset_mb} MiB per size, "
-          f"{args.shard_mb} MiB shards, {args.workers} workers, best of {args.rounds}, shuffle {args.shuffle or 'default'}")
+          f"{args.shard_mb} MiB shards, {args.workers} workers, best of {args.rounds}, shuffle {args.shuffle or 'default'}, "
+          f"gap budget {args.gap_budget if args.gap_budget is not None else 'default'}")
     print("| size | r | reader | s | x r=0 | target | bytes read / kept | proxy bytes / kept | requests | max in flight "
           "| CPU s reader / server+proxy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -389,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-block-mb", type=int, default=None, help="read unit size (default: the loader's)")
     p.add_argument("--io-concurrency", type=int, default=None, help="requests in flight per worker (default: the loader's)")
+    p.add_argument("--gap-budget", type=float, default=None,
+                   help="bytes read through gaps, as a fraction of the kept bytes (default: the loader's, 0.1)")
     p.add_argument("--shuffle", default=None,
                    help="loader shuffle mode (default: the loader's, 'block' for these in-place tars; 'window' is "
                         "the default for converter-shuffled datasets)")

@@ -92,6 +92,9 @@ class FaultProxy:
 
 def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Headers and body are separate writes: without TCP_NODELAY each answer waits for the
+        # client's delayed ACK (40 ms).
+        disable_nagle_algorithm = True
         protocol_version = "HTTP/1.1"
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature

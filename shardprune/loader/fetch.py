@@ -37,6 +37,11 @@ _ALWAYS = frozenset({"id", "label", "__key__"})
 _STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
 
 
+#: Units whose requests a reader has under way besides the one it decodes: their requests
+#: share the process's ``io_threads`` request slots, so a unit with few requests (a pruned
+#: one) does not leave the slots idle.
+READ_AHEAD_UNITS = 2
+
 #: One packed value: (sample index, key, offset, nbytes, dtype or None for bytes, shape).
 _Packed = tuple[int, str, int, int, str | None, tuple[int, ...]]
 
@@ -201,14 +206,21 @@ class UnitFetcher:
         """Start reading ``unit``'s requests on a background thread (:meth:`finish` cuts them).
 
         A reader starts the next unit before it cuts and decodes the current one, so the
-        next requests' round trips overlap that work instead of following it (one thread
-        per process; its requests run ``io_threads`` in flight as in :meth:`read_unit`).
+        next requests' round trips overlap that work instead of following it. Up to
+        :data:`READ_AHEAD_UNITS` units are read at once; their requests share the process's
+        ``io_threads`` slots (:meth:`Storage.read_ranges`), so at most ``io_threads`` are in flight.
         """
         pool = self.__dict__.get("_ahead_pool")
         if pool is None or self.__dict__.get("_ahead_pid") != os.getpid():
-            pool = ThreadPoolExecutor(1, thread_name_prefix="shardprune-readahead")
+            pool = ThreadPoolExecutor(READ_AHEAD_UNITS, thread_name_prefix="shardprune-readahead")
             self.__dict__["_ahead_pool"], self.__dict__["_ahead_pid"] = pool, os.getpid()
         return pool.submit(self.read_unit, unit)
+
+    def close(self) -> None:
+        """Drop the read-ahead units not started yet and let the thread go (started ones finish)."""
+        pool = self.__dict__.pop("_ahead_pool", None)
+        if pool is not None and self.__dict__.pop("_ahead_pid", None) == os.getpid():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def finish(self, unit: ReadUnit, reads: Future[list[bytes]]) -> UnitResult:
         """The result of a unit whose reads :meth:`start` began (its error, if any, as :meth:`__call__` gives it)."""

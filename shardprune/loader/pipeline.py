@@ -29,7 +29,7 @@ from torchdata.nodes import BaseNode, Mapper, PinMemory, Prefetcher
 
 from shardprune.loader.collate import Batch
 from shardprune.loader.failure import Failure
-from shardprune.loader.fetch import UnitFetcher, UnitResult
+from shardprune.loader.fetch import READ_AHEAD_UNITS, UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit
 from shardprune.loader.order import BatchAssembler, PlanOrder
 from shardprune.loader.plan import EpochPlan
@@ -53,7 +53,7 @@ class ReadAhead(BaseNode[UnitResult]):
         depth: Units whose reads are started at once (>= 1; 1: one unit at a time).
     """
 
-    def __init__(self, units: Sequence[ReadUnit], fetcher: UnitFetcher, depth: int = 2) -> None:
+    def __init__(self, units: Sequence[ReadUnit], fetcher: UnitFetcher, depth: int = 1 + READ_AHEAD_UNITS) -> None:
         super().__init__()
         self.units, self.fetcher, self.depth = units, fetcher, depth
         self._next = self._received = 0
@@ -66,6 +66,12 @@ class ReadAhead(BaseNode[UnitResult]):
 
     def get_state(self) -> dict[str, Any]:
         return {"received": self._received}
+
+    def cancel(self) -> None:
+        """Drop the units read ahead (those not started are never read)."""
+        while self._started:
+            self._started.popleft()[1].cancel()
+        self._next = len(self.units)
 
     def next(self) -> UnitResult:
         while len(self._started) < self.depth and self._next < len(self.units):
@@ -144,7 +150,7 @@ class EpochPipeline:
         fetched = ReadAhead(units, fetcher) if pool is None else PoolMapper(units, pool, plan.epoch)
         ordered = PlanOrder(fetched, plan, start_batch=start, on_result=on_result)
         root: BaseNode[Any] = Failsafe(Mapper(ordered, assembler))
-        nodes: list[BaseNode[Any]] = [root, ordered, fetched]
+        nodes: list[BaseNode[Any]] = [root, ordered, fetched]  # stopped in this order
         if pin_memory:
             root = PinMemory(root)
             nodes.insert(0, root)
@@ -166,6 +172,8 @@ class EpochPipeline:
         """Stop the graph's threads (the pool's processes stay for the next pass)."""
         for node in self._nodes:
             _stop(node)
+            if isinstance(node, ReadAhead):
+                node.cancel()
 
 
 def preload_forkserver(modules: tuple[str, ...]) -> None:

@@ -595,6 +595,7 @@ class StreamingLoader:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self.fetcher.close()
         self.dataset.storage.close()
 
     def __enter__(self) -> StreamingLoader:

@@ -42,7 +42,7 @@ import torch.multiprocessing as mp
 from torchdata.nodes import BaseNode
 
 from shardprune.errors import FetchError
-from shardprune.loader.fetch import UnitFetcher, UnitResult
+from shardprune.loader.fetch import READ_AHEAD_UNITS, UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit
 
 #: How often a waiting pass checks that its workers are alive (seconds).
@@ -102,12 +102,14 @@ class WorkerPool:
         fetcher: Reads one unit; sent to each worker once, when it starts (``pack=True``).
         num_workers: Processes (>= 1).
         context: ``"forkserver"`` or ``"spawn"``.
-        in_flight: Units outstanding per worker (>= 1; default 3: the one being decoded, the
-            one being read ahead, and one queued behind them so the read-ahead never waits
-            for the training process to send it).
+        in_flight: Units outstanding per worker (>= 1; default: the one being decoded, the
+            :data:`~shardprune.loader.fetch.READ_AHEAD_UNITS` being read, and one queued
+            behind them so the read-ahead never waits for the training process to send it).
     """
 
-    def __init__(self, fetcher: UnitFetcher, num_workers: int, context: str, in_flight: int = 3) -> None:
+    def __init__(
+        self, fetcher: UnitFetcher, num_workers: int, context: str, in_flight: int = 2 + READ_AHEAD_UNITS
+    ) -> None:
         self.fetcher = fetcher
         self.num_workers = num_workers
         self.in_flight = in_flight
