@@ -14,6 +14,7 @@ object-store client and I/O thread pool lazily in each process.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ _STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
 #: share the process's ``io_threads`` request slots, so a unit with few requests (a pruned
 #: one) does not leave the slots idle.
 READ_AHEAD_UNITS = 2
+_AHEAD_LOCK = threading.Lock()
 
 #: One packed value: (sample index, key, offset, nbytes, dtype or None for bytes, shape).
 _Packed = tuple[int, str, int, int, str | None, tuple[int, ...]]
@@ -210,17 +212,19 @@ class UnitFetcher:
         :data:`READ_AHEAD_UNITS` units are read at once; their requests share the process's
         ``io_threads`` slots (:meth:`Storage.read_ranges`), so at most ``io_threads`` are in flight.
         """
-        pool = self.__dict__.get("_ahead_pool")
-        if pool is None or self.__dict__.get("_ahead_pid") != os.getpid():
-            pool = ThreadPoolExecutor(READ_AHEAD_UNITS, thread_name_prefix="shardprune-readahead")
-            self.__dict__["_ahead_pool"], self.__dict__["_ahead_pid"] = pool, os.getpid()
-        return pool.submit(self.read_unit, unit)
+        with _AHEAD_LOCK:
+            pool = self.__dict__.get("_ahead_pool")
+            if pool is None or self.__dict__.get("_ahead_pid") != os.getpid():
+                pool = ThreadPoolExecutor(READ_AHEAD_UNITS, thread_name_prefix="shardprune-readahead")
+                self.__dict__["_ahead_pool"], self.__dict__["_ahead_pid"] = pool, os.getpid()
+            return pool.submit(self.read_unit, unit)
 
     def close(self) -> None:
         """Drop the read-ahead units not started yet and let the thread go (started ones finish)."""
-        pool = self.__dict__.pop("_ahead_pool", None)
-        if pool is not None and self.__dict__.pop("_ahead_pid", None) == os.getpid():
-            pool.shutdown(wait=False, cancel_futures=True)
+        with _AHEAD_LOCK:
+            pool = self.__dict__.pop("_ahead_pool", None)
+            if pool is not None and self.__dict__.pop("_ahead_pid", None) == os.getpid():
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def finish(self, unit: ReadUnit, reads: Future[list[bytes]]) -> UnitResult:
         """The result of a unit whose reads :meth:`start` began (its error, if any, as :meth:`__call__` gives it)."""
