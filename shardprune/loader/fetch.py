@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +43,30 @@ _STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
 #: one) does not leave the slots idle.
 READ_AHEAD_UNITS = 2
 _AHEAD_LOCK = threading.Lock()
+
+class Reads(Protocol):
+    """Requests of a unit under way: :meth:`UnitFetcher.start` returns one, :meth:`UnitFetcher.finish` takes it."""
+
+    def result(self) -> list[bytes]: ...
+
+    def cancel(self) -> bool: ...
+
+
+class _Deferred:
+    """Reads done when their result is asked for (local storage: a read is a system call)."""
+
+    def __init__(self, read: Callable[[], list[bytes]]) -> None:
+        self._read: Callable[[], list[bytes]] | None = read
+
+    def result(self) -> list[bytes]:
+        if self._read is None:
+            raise RuntimeError("these reads were cancelled")
+        return self._read()
+
+    def cancel(self) -> bool:
+        self._read = None
+        return True
+
 
 #: One packed value: (sample index, key, offset, nbytes, dtype or None for bytes, shape).
 _Packed = tuple[int, str, int, int, str | None, tuple[int, ...]]
@@ -204,14 +228,18 @@ class UnitFetcher:
     def __call__(self, unit: ReadUnit) -> UnitResult:
         return self._guard(unit, lambda: self.read_unit(unit))
 
-    def start(self, unit: ReadUnit) -> Future[list[bytes]]:
+    def start(self, unit: ReadUnit) -> Reads:
         """Start reading ``unit``'s requests on a background thread (:meth:`finish` cuts them).
 
         A reader starts the next unit before it cuts and decodes the current one, so the
         next requests' round trips overlap that work instead of following it. Up to
         :data:`READ_AHEAD_UNITS` units are read at once; their requests share the process's
         ``io_threads`` slots (:meth:`Storage.read_ranges`), so at most ``io_threads`` are in flight.
+        Local storage is not read ahead: its reads are system calls, which a second Python
+        thread would only slow down by contending for the interpreter lock.
         """
+        if self.dataset.storage.is_local:
+            return _Deferred(lambda: self.read_unit(unit))
         with _AHEAD_LOCK:
             pool = self.__dict__.get("_ahead_pool")
             if pool is None or self.__dict__.get("_ahead_pid") != os.getpid():
@@ -226,7 +254,7 @@ class UnitFetcher:
             if pool is not None and self.__dict__.pop("_ahead_pid", None) == os.getpid():
                 pool.shutdown(wait=False, cancel_futures=True)
 
-    def finish(self, unit: ReadUnit, reads: Future[list[bytes]]) -> UnitResult:
+    def finish(self, unit: ReadUnit, reads: Reads) -> UnitResult:
         """The result of a unit whose reads :meth:`start` began (its error, if any, as :meth:`__call__` gives it)."""
         return self._guard(unit, reads.result)
 

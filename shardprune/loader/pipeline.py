@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from torchdata.nodes import BaseNode, Mapper, PinMemory, Prefetcher
 
 from shardprune.loader.collate import Batch
 from shardprune.loader.failure import Failure
-from shardprune.loader.fetch import READ_AHEAD_UNITS, UnitFetcher, UnitResult
+from shardprune.loader.fetch import READ_AHEAD_UNITS, Reads, UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit
 from shardprune.loader.order import BatchAssembler, PlanOrder
 from shardprune.loader.plan import EpochPlan
@@ -57,7 +56,7 @@ class ReadAhead(BaseNode[UnitResult]):
         super().__init__()
         self.units, self.fetcher, self.depth = units, fetcher, depth
         self._next = self._received = 0
-        self._started: deque[tuple[ReadUnit, Future[list[bytes]]]] = deque()
+        self._started: deque[tuple[ReadUnit, Reads]] = deque()
 
     def reset(self, initial_state: dict[str, Any] | None = None) -> None:
         super().reset(initial_state)

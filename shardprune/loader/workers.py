@@ -34,7 +34,6 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,7 @@ import torch.multiprocessing as mp
 from torchdata.nodes import BaseNode
 
 from shardprune.errors import FetchError
-from shardprune.loader.fetch import READ_AHEAD_UNITS, UnitFetcher, UnitResult
+from shardprune.loader.fetch import READ_AHEAD_UNITS, Reads, UnitFetcher, UnitResult
 from shardprune.loader.ioplan import ReadUnit
 
 #: How often a waiting pass checks that its workers are alive (seconds).
@@ -60,7 +59,7 @@ def _serve(fetcher: UnitFetcher, inq: Any, outq: Any, live_from: Any) -> None:
     """
     # Ctrl-C goes to the whole process group; the training process handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    started: deque[tuple[int, int, ReadUnit | None, Future[list[bytes]] | None]] = deque()
+    started: deque[tuple[int, int, ReadUnit | None, Reads | None]] = deque()
     stopping = False
     while True:
         while not stopping:
