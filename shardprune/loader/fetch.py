@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from shardprune.cache import RangeCache
 from shardprune.dataset import ShardedDataset
-from shardprune.errors import ConfigError
+from shardprune.errors import ConfigError, CorruptSampleError
 from shardprune.loader.decode import Sample, Transform, decode_sample, select_fields
 from shardprune.loader.failure import WorkerFailure
 from shardprune.loader.ioplan import ReadUnit
@@ -49,6 +50,8 @@ class UnitResult:
         bytes_read: Bytes requested from storage.
         requests: Range requests made.
         gap_bytes: Bytes read between samples and discarded.
+        cache_hits: Samples served from the local cache (:mod:`shardprune.cache`).
+        cache_bytes: Bytes of those samples.
         error: Set instead of samples when reading the unit failed in a worker process
             (the training process re-raises the original exception, see
             :mod:`shardprune.loader.failure`).
@@ -65,6 +68,8 @@ class UnitResult:
     bytes_read: int = 0
     requests: int = 0
     gap_bytes: int = 0
+    cache_hits: int = 0
+    cache_bytes: int = 0
     packed: torch.Tensor | None = None
     packed_spec: list[_Packed] = field(default_factory=list)
     error: WorkerFailure | None = None
@@ -122,6 +127,9 @@ class UnitFetcher:
             ``id``, ``label`` and ``__key__`` are always kept.
         pack: :meth:`UnitResult.pack` each result, for results that cross to another
             process (the loader sets it when it has worker processes).
+        cache: A local cache of fetched samples (:mod:`shardprune.cache`), or None. Cached
+            samples are served from it (after the CRC32 check), the others are read as
+            sub-requests of the plan's requests and then cached.
     """
 
     def __init__(
@@ -133,6 +141,7 @@ class UnitFetcher:
         io_threads: int = 1,
         fields: tuple[str, ...] | None = None,
         pack: bool = False,
+        cache: RangeCache | None = None,
     ) -> None:
         if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
             raise ConfigError(f"io_threads={io_threads!r} must be an int >= 1")
@@ -149,6 +158,7 @@ class UnitFetcher:
         self.transform = transform
         self.io_threads = io_threads
         self.pack = pack
+        self.cache = cache
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -173,24 +183,27 @@ class UnitFetcher:
         return ds.storage.read_ranges(ranges, max_in_flight=self.io_threads)
 
     def _samples(self, unit: ReadUnit, r: int, data: bytes) -> list[tuple[int, Sample]]:
-        ds = self.dataset
-        out: list[tuple[int, Sample]] = []
         view = memoryview(data)
         a, b = int(unit.first[r]), int(unit.first[r + 1])
-        for slot, i, start, n in zip(
-            unit.slots[a:b].tolist(), unit.ids[a:b].tolist(), unit.starts[a:b].tolist(), unit.lengths[a:b].tolist()
-        ):
-            raw = bytes(view[start : start + n])
+        return [
+            (slot, self._sample(i, bytes(view[start : start + n])))
+            for slot, i, start, n in zip(
+                unit.slots[a:b].tolist(), unit.ids[a:b].tolist(), unit.starts[a:b].tolist(), unit.lengths[a:b].tolist()
+            )
+        ]
+
+    def _sample(self, i: int, raw: bytes, verify: bool = True) -> Sample:
+        ds = self.dataset
+        if verify:
             ds.verify(i, raw)
-            sample = ds.decode(i, raw)
-            if self.fields is not None:
-                sample = select_fields(sample, self.fields, ds.where(i))
-            if self.decode:
-                sample = decode_sample(sample, ds.header.fields, ds.where(i))
-            if self.transform is not None:
-                sample = self.transform(sample)
-            out.append((slot, sample))
-        return out
+        sample = ds.decode(i, raw)
+        if self.fields is not None:
+            sample = select_fields(sample, self.fields, ds.where(i))
+        if self.decode:
+            sample = decode_sample(sample, ds.header.fields, ds.where(i))
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
 
     def __call__(self, unit: ReadUnit) -> UnitResult:
         if not self.pack:
@@ -203,6 +216,8 @@ class UnitFetcher:
             return UnitResult(index=unit.index, error=WorkerFailure.capture(exc))
 
     def _fetch(self, unit: ReadUnit) -> UnitResult:
+        if self.cache is not None:
+            return self._fetch_cached(unit, self.cache)
         result = UnitResult(index=unit.index)
         datas = self.read_unit(unit)
         result.bytes_read = unit.nbytes
@@ -210,6 +225,72 @@ class UnitFetcher:
         result.gap_bytes = unit.gap_bytes
         for r, data in enumerate(datas):
             result.samples.extend(self._samples(unit, r, data))
+        if self.pack:
+            result.pack()
+        return result
+
+    def _fetch_cached(self, unit: ReadUnit, cache: RangeCache) -> UnitResult:
+        """:meth:`_fetch` through the cache: hits from disk, misses as sub-requests, then cached.
+
+        The misses of a request are read as its maximal runs of consecutive uncached
+        samples (each run one request, the gaps inside it included), so the bytes asked
+        of storage never exceed the plan's. The samples come out in the same order as
+        without the cache.
+        """
+        ds = self.dataset
+        result = UnitResult(index=unit.index)
+        ids, lengths = unit.ids.tolist(), unit.lengths.tolist()
+        per_request = np.diff(unit.first)
+        offsets = (np.repeat(unit.offset, per_request) + unit.starts).tolist()
+        shards = np.repeat(unit.shard, per_request).tolist()
+        raws: list[bytes | None] = [None] * len(ids)
+        runs: list[tuple[int, int]] = []  # [k, j) sample positions read as one request
+        for r in range(unit.requests):
+            a, b = int(unit.first[r]), int(unit.first[r + 1])
+            shard = int(unit.shard[r])
+            for k, raw in enumerate(cache.lookup(shard, offsets[a:b], lengths[a:b]), a):
+                if raw is None:
+                    continue
+                try:
+                    ds.verify(ids[k], raw)
+                except CorruptSampleError:
+                    cache.drop(shard)  # a bad cache is a miss, never an error or a wrong sample
+                    continue
+                raws[k] = raw
+                result.cache_hits += 1
+                result.cache_bytes += len(raw)
+            k = a
+            while k < b:
+                if raws[k] is not None:
+                    k += 1
+                    continue
+                j = k
+                while j < b and raws[j] is None:
+                    j += 1
+                runs.append((k, j))
+                k = j
+        ranges = [
+            (ds.shard_path(shards[k]), offsets[k], offsets[j - 1] + lengths[j - 1] - offsets[k]) for k, j in runs
+        ]
+        datas = ds.storage.read_ranges(ranges, max_in_flight=self.io_threads) if ranges else []
+        fetched: dict[int, list[tuple[int, bytes]]] = {}
+        for (k, j), data in zip(runs, datas):
+            view = memoryview(data)
+            for m in range(k, j):
+                start = offsets[m] - offsets[k]
+                raw = bytes(view[start : start + lengths[m]])
+                ds.verify(ids[m], raw)
+                raws[m] = raw
+                fetched.setdefault(shards[m], []).append((offsets[m], raw))
+            result.bytes_read += len(data)
+            result.gap_bytes += len(data) - sum(lengths[k:j])
+        result.requests = len(runs)
+        slots = unit.slots.tolist()
+        for k, raw in enumerate(raws):
+            assert raw is not None
+            result.samples.append((slots[k], self._sample(ids[k], raw, verify=False)))
+        for shard, items in fetched.items():
+            cache.store(shard, items)
         if self.pack:
             result.pack()
         return result
