@@ -576,6 +576,8 @@ class StreamingLoader:
             self._pool.close()
             self._pool = None
         self.dataset.storage.close()
+        if self.fetcher.cache is not None:
+            self.fetcher.cache.close()
 
     def __enter__(self) -> StreamingLoader:
         return self
