@@ -197,28 +197,43 @@ def test_torn_presence_record_is_a_miss_and_is_repaired(dataset: tuple[str, Path
         assert _same(batches, want[2]) and (stats["bytes_read"], stats["cache_hits"]) == (0, N)
 
 
-def _writer(cache: RangeCache, start: int, rounds: int) -> None:
-    for r in range(rounds):
-        items = [(k * 1000, bytes([k % 251]) * 700) for k in range(start, 400, 2)]
-        cache.store(7, items[r % 3 :: 3])
-        cache.store(7, [(k * 1000, bytes([k % 251]) * 700) for k in range(0, 400, 5)])
+def _sample_bytes(k: int) -> bytes:
+    return bytes([k % 251]) * 700
+
+
+def _writer(cache: RangeCache, parity: int, barrier: Any) -> None:
+    # This writer's samples (odd or even), five per call, plus every tenth sample, which both write.
+    mine = [k for k in range(1000) if k % 2 == parity or k % 10 == 0]
+    barrier.wait(30)
+    for i in range(0, len(mine), 5):
+        cache.store(7, [(k * 1000, _sample_bytes(k)) for k in mine[i : i + 5]])
 
 
 def test_two_processes_writing_one_shard_stay_correct(tmp_path: Path) -> None:
     cache = RangeCache(tmp_path, "1GiB", "k")
     assert pickle.loads(pickle.dumps(cache)).__getstate__() == cache.__getstate__()  # settings only
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(cache, s, 6)) for s in (0, 1)]
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(cache, parity, barrier)) for parity in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    offsets = [k * 1000 for k in range(400)]
-    got = cache.lookup(7, offsets, [700] * 400)
-    assert got == [bytes([k % 251]) * 700 for k in range(400)]
-    log_size = (tmp_path / "k" / "7.log").stat().st_size
-    assert log_size % 24 == 0 and log_size >= 400 * 24
+    offsets = [k * 1000 for k in range(1000)]
+    assert cache.lookup(7, offsets, [700] * 1000) == [_sample_bytes(k) for k in range(1000)]
+    logged = [struct.unpack_from("<q", rec)[0] // 1000 for rec in _records(tmp_path / "k" / "7.log")]
+    # Each sample marked once (the shared ones too: a writer re-checks the log under the lock), and
+    # the two writers' records interleave, so the writes really ran at the same time.
+    assert sorted(logged) == list(range(1000))
+    switches = sum(a % 2 != b % 2 for a, b in zip(logged, logged[1:]) if a % 10 and b % 10)
+    assert switches >= 2
+
+
+def _records(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert len(data) % 24 == 0
+    return [data[i : i + 24] for i in range(0, len(data), 24)]
 
 
 def test_workers_writing_the_same_shard_through_the_loader(dataset: tuple[str, Path], s3rver: Any,
