@@ -245,6 +245,7 @@ class UnitFetcher:
         shards = np.repeat(unit.shard, per_request).tolist()
         raws: list[bytes | None] = [None] * len(ids)
         runs: list[tuple[int, int]] = []  # [k, j) sample positions read as one request
+        dropped: set[int] = set()  # shards whose cache failed the CRC check
         for r in range(unit.requests):
             a, b = int(unit.first[r]), int(unit.first[r + 1])
             shard = int(unit.shard[r])
@@ -255,6 +256,7 @@ class UnitFetcher:
                     ds.verify(ids[k], raw)
                 except CorruptSampleError:
                     cache.drop(shard)  # a bad cache is a miss, never an error or a wrong sample
+                    dropped.add(shard)
                     continue
                 raws[k] = raw
                 result.cache_hits += 1
@@ -285,6 +287,11 @@ class UnitFetcher:
             result.bytes_read += len(data)
             result.gap_bytes += len(data) - sum(lengths[k:j])
         result.requests = len(runs)
+        # The good samples of a dropped shard go back with the fetched ones.
+        for k, raw in enumerate(raws):
+            if shards[k] in dropped and not any(a <= k < b for a, b in runs):
+                assert raw is not None
+                fetched.setdefault(shards[k], []).append((offsets[k], raw))
         slots = unit.slots.tolist()
         for k, raw in enumerate(raws):
             assert raw is not None
