@@ -72,6 +72,9 @@ _UNITS = {
     "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
+#: Shards whose files a process keeps open at once (two descriptors each); the least recently
+#: used one is closed beyond it, so a dataset of thousands of shards stays within ``ulimit -n``.
+MAX_OPEN_SHARDS = 64
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 _LIMIT_FIX = 'pass bytes as an int >= 0, a string such as "20GB" or "500MiB", or None for no limit'
 
@@ -267,6 +270,7 @@ class RangeCache:
         except FileNotFoundError:
             ino = -1
         if entry is not None and entry.ino == ino:
+            self._shards[shard] = self._shards.pop(shard)  # most recently used last
             return entry
         if entry is not None:
             _close(self._shards.pop(shard))
@@ -283,6 +287,8 @@ class RangeCache:
             os.close(data_fd)
             return None
         entry = self._shards[shard] = _Shard(data_fd, log_fd, os.fstat(log_fd).st_ino)
+        while len(self._shards) > MAX_OPEN_SHARDS:
+            _close(self._shards.pop(next(iter(self._shards))))
         return entry
 
     def _refresh(self, entry: _Shard, repair: bool = False) -> None:

@@ -342,3 +342,16 @@ def test_cache_limit_sizes() -> None:
     assert parse_cache_limit(None) is None
     # A rewritten dataset (new manifest) gets another folder: stale bytes are never served.
     assert dataset_key("s3://b/ds", "aa") != dataset_key("s3://b/ds", "ab")
+
+
+def test_open_files_stay_bounded_with_many_shards(tmp_path: Path) -> None:
+    import shardprune.cache as cache_module
+
+    cache = RangeCache(tmp_path, None, "k")
+    shards = cache_module.MAX_OPEN_SHARDS * 3
+    for s in range(shards):
+        cache.store(s, [(s * 10, bytes([s % 256]) * 100)])
+    fds = len(os.listdir("/proc/self/fd"))
+    assert all(cache.lookup(s, [s * 10], [100]) == [bytes([s % 256]) * 100] for s in range(shards))
+    assert len(cache._shards) == cache_module.MAX_OPEN_SHARDS
+    assert len(os.listdir("/proc/self/fd")) <= fds
