@@ -135,7 +135,8 @@ class RangeCache:
     def __init__(self, cache_dir: str | os.PathLike[str], cache_limit: Any, key: str,
                  source: dict[str, str] | None = None) -> None:
         if not isinstance(cache_dir, (str, os.PathLike)) or not os.fspath(cache_dir):
-            raise ConfigError(f"cache_dir={cache_dir!r} must be a local folder path (str or os.PathLike)")
+            raise ConfigError(f"cache_dir={cache_dir!r} must be a local folder path (str or os.PathLike); pass e.g. "
+                              "cache_dir='/tmp/shardprune-cache', or None for no cache")
         path = os.fspath(cache_dir)
         if "://" in path:
             raise ConfigError(f"cache_dir={path!r} must be a local folder, not a URL; pass e.g. /tmp/shardprune-cache")

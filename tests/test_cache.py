@@ -211,10 +211,13 @@ def _sample_bytes(k: int) -> bytes:
 
 def _writer(cache: RangeCache, parity: int, barrier: Any) -> None:
     # This writer's samples (odd or even), five per call, plus every tenth sample, which both write.
+    # The two writers meet at a barrier before each tenth of their samples, so their writes
+    # overlap all along (the log's order shows it).
     mine = [k for k in range(1000) if k % 2 == parity or k % 10 == 0]
-    barrier.wait(30)
-    for i in range(0, len(mine), 5):
-        cache.store(7, [(k * 1000, _sample_bytes(k)) for k in mine[i : i + 5]])
+    for part in np.array_split(np.array(mine), 10):
+        barrier.wait(30)
+        for i in range(0, len(part), 5):
+            cache.store(7, [(int(k) * 1000, _sample_bytes(int(k))) for k in part[i : i + 5]])
 
 
 def test_two_processes_writing_one_shard_stay_correct(tmp_path: Path) -> None:
@@ -232,10 +235,10 @@ def test_two_processes_writing_one_shard_stay_correct(tmp_path: Path) -> None:
     assert cache.lookup(7, offsets, [700] * 1000) == [_sample_bytes(k) for k in range(1000)]
     logged = [struct.unpack_from("<q", rec)[0] // 1000 for rec in _records(tmp_path / "k" / "7.log")]
     # Each sample marked once (the shared ones too: a writer re-checks the log under the lock), and
-    # the two writers' records interleave, so the writes really ran at the same time.
+    # the two writers' records interleave.
     assert sorted(logged) == list(range(1000))
     switches = sum(a % 2 != b % 2 for a, b in zip(logged, logged[1:]) if a % 10 and b % 10)
-    assert switches >= 2
+    assert switches >= 9
 
 
 def _records(path: Path) -> list[bytes]:
