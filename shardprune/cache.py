@@ -110,7 +110,6 @@ class _Shard:
 
     data_fd: int
     log_fd: int
-    ino: int  # the log's inode: a different one at the path means the shard was evicted
     log_pos: int = 0
     index: dict[int, int] = field(default_factory=dict)  # offset -> length
     blocks: set[int] = field(default_factory=set)  # blocks holding cached bytes (for the size estimate)
@@ -217,7 +216,8 @@ class RangeCache:
         try:
             with self._locked():
                 entry = self._open(shard, create=True)
-                assert entry is not None
+                if entry is None:
+                    raise FileNotFoundError(errno.ENOENT, "the cache folder was removed", self.folder)
                 self._refresh(entry, repair=True)
                 todo = [(o, d) for o, d in items if entry.index.get(o) != len(d)]
                 if not todo:
@@ -260,34 +260,36 @@ class RangeCache:
         return base + ".bin", base + ".log"
 
     def _open(self, shard: int, *, create: bool) -> _Shard | None:
-        """This process's handle of ``shard``, reopened when the files were replaced or removed."""
+        """This process's handle of ``shard``; reopened once the shard was evicted (its log unlinked)."""
         if self._pid != os.getpid():
             # Inherited across fork: the parent's descriptors and offsets are not ours.
             self._shards, self._pid = {}, os.getpid()
-        data_path, log_path = self._paths(self.key, shard)
-        entry = self._shards.get(shard)
-        try:
-            ino = os.stat(log_path).st_ino
-        except FileNotFoundError:
-            ino = -1
-        if entry is not None and entry.ino == ino:
-            self._shards[shard] = self._shards.pop(shard)  # most recently used last
-            return entry
+        entry = self._shards.pop(shard, None)
         if entry is not None:
-            _close(self._shards.pop(shard))
-        if ino == -1 and not create:
-            return None
+            # Files are only ever unlinked, never replaced: a log still linked is the current one
+            # (an inode number alone is not proof, ext4 reuses them at once).
+            if os.fstat(entry.log_fd).st_nlink > 0:
+                self._shards[shard] = entry  # most recently used last
+                return entry
+            _close(entry)
+        data_path, log_path = self._paths(self.key, shard)
         flags = os.O_CREAT if create else 0
-        try:
-            data_fd = os.open(data_path, os.O_RDWR | flags, 0o644)
-        except FileNotFoundError:
-            return None
+        # The log first: a writer creates the data file before the log, an eviction unlinks
+        # the log before the data file, so an open log means its data file is there.
         try:
             log_fd = os.open(log_path, os.O_RDWR | os.O_APPEND | flags, 0o644)
         except FileNotFoundError:
-            os.close(data_fd)
             return None
-        entry = self._shards[shard] = _Shard(data_fd, log_fd, os.fstat(log_fd).st_ino)
+        try:
+            data_fd = os.open(data_path, os.O_RDWR | flags, 0o644)
+        except FileNotFoundError:
+            os.close(log_fd)
+            return None
+        entry = _Shard(data_fd, log_fd)
+        if os.fstat(log_fd).st_nlink == 0:
+            _close(entry)  # evicted while we opened it: the data file may be a newer one
+            return None
+        self._shards[shard] = entry
         while len(self._shards) > MAX_OPEN_SHARDS:
             _close(self._shards.pop(next(iter(self._shards))))
         return entry

@@ -358,3 +358,30 @@ def test_open_files_stay_bounded_with_many_shards(tmp_path: Path) -> None:
     assert all(cache.lookup(s, [s * 10], [100]) == [bytes([s % 256]) * 100] for s in range(shards))
     assert len(cache._shards) == cache_module.MAX_OPEN_SHARDS
     assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_a_shard_evicted_by_another_process_is_a_miss_then_reread(tmp_path: Path) -> None:
+    # Two handles on one folder, as two processes have: each opens its own files.
+    reader, writer = RangeCache(tmp_path, None, "k"), RangeCache(tmp_path, None, "k")
+    writer.store(3, [(0, b"a" * 500), (4096, b"b" * 500)])
+    assert reader.lookup(3, [0, 4096], [500, 500]) == [b"a" * 500, b"b" * 500]  # the reader's files are open
+    writer.drop(3)
+    assert reader.lookup(3, [0, 4096], [500, 500]) == [None, None]
+    writer.store(3, [(4096, b"c" * 500)])  # a new file under the same name: the reader follows it
+    assert reader.lookup(3, [0, 4096], [500, 500]) == [None, b"c" * 500]
+    writer.store(3, [(0, b"d" * 500)])  # appended records are seen without reopening
+    assert reader.lookup(3, [0, 4096], [500, 500]) == [b"d" * 500, b"c" * 500]
+
+
+def test_a_removed_cache_folder_turns_caching_off_with_one_warning(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    cache = RangeCache(tmp_path / "c", "1MB", "k")
+    cache.store(0, [(0, b"x" * 100)])
+    shutil.rmtree(tmp_path / "c")
+    with caplog.at_level(logging.WARNING, "shardprune.cache"):
+        cache.store(1, [(0, b"y" * 100)])
+        cache.store(2, [(0, b"z" * 100)])
+        assert cache.lookup(0, [0], [100]) == [None] and cache.lookup(1, [0], [100]) == [None]
+    assert len([r for r in caplog.records if r.name == "shardprune.cache"]) == 1
