@@ -225,9 +225,13 @@ class RangeCache:
                 if self.cache_limit is not None and not self._make_room(shard, entry, todo):
                     return
                 for off, data in todo:
-                    os.pwrite(entry.data_fd, data, off)
-                # The records go after the bytes: a crash in between leaves them unmarked.
-                os.write(entry.log_fd, b"".join(_record(o, len(d)) for o, d in todo))
+                    if os.pwrite(entry.data_fd, data, off) != len(data):
+                        raise OSError(errno.ENOSPC, "short write", self.folder)
+                # The records go after the bytes: a crash in between leaves them unmarked. A
+                # short write leaves a torn record, which readers skip and the next writer cuts.
+                records = b"".join(_record(o, len(d)) for o, d in todo)
+                if os.write(entry.log_fd, records) != len(records):
+                    raise OSError(errno.ENOSPC, "short write", self.folder)
                 self._refresh(entry)
                 if self.cache_limit is not None:
                     self._enforce(shard)
