@@ -237,8 +237,9 @@ def test_two_processes_writing_one_shard_stay_correct(tmp_path: Path) -> None:
     # Each sample marked once (the shared ones too: a writer re-checks the log under the lock), and
     # the two writers' records interleave.
     assert sorted(logged) == list(range(1000))
-    switches = sum(a % 2 != b % 2 for a, b in zip(logged, logged[1:]) if a % 10 and b % 10)
-    assert switches >= 9
+    own = [k for k in logged if k % 10]  # the samples only one writer writes
+    switches = sum(a % 2 != b % 2 for a, b in zip(own, own[1:]))
+    assert switches >= 9  # at least one per tenth: both write in each
 
 
 def _records(path: Path) -> list[bytes]:
