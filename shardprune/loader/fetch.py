@@ -23,8 +23,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from shardprune.cache import RangeCache
 from shardprune.dataset import ShardedDataset
-from shardprune.errors import ConfigError
+from shardprune.errors import ConfigError, CorruptSampleError
 from shardprune.loader.decode import Sample, Transform, decode_sample, select_fields
 from shardprune.loader.failure import WorkerFailure
 from shardprune.loader.ioplan import ReadUnit
@@ -47,7 +48,7 @@ _AHEAD_LOCK = threading.Lock()
 class Reads(Protocol):
     """Requests of a unit under way: :meth:`UnitFetcher.start` returns one, :meth:`UnitFetcher.finish` takes it."""
 
-    def result(self) -> list[bytes]: ...
+    def result(self) -> UnitBytes: ...
 
     def cancel(self) -> bool: ...
 
@@ -55,10 +56,10 @@ class Reads(Protocol):
 class _Deferred:
     """Reads done when their result is asked for (local storage: a read is a system call)."""
 
-    def __init__(self, read: Callable[[], list[bytes]]) -> None:
-        self._read: Callable[[], list[bytes]] | None = read
+    def __init__(self, read: Callable[[], UnitBytes]) -> None:
+        self._read: Callable[[], UnitBytes] | None = read
 
-    def result(self) -> list[bytes]:
+    def result(self) -> UnitBytes:
         if self._read is None:
             raise RuntimeError("these reads were cancelled")
         return self._read()
@@ -73,6 +74,26 @@ _Packed = tuple[int, str, int, int, str | None, tuple[int, ...]]
 
 
 @dataclass
+class UnitBytes:
+    """The read half of a fetch: each sample's bytes in unit order, and what reading cost.
+
+    Attributes:
+        raws: The samples' bytes, in the unit's order.
+        verified: Every one was already checked against the manifest CRC32 (the cache path).
+        bytes_read, requests, gap_bytes: What went to storage.
+        cache_hits, cache_bytes: Samples (and their bytes) served from the local cache.
+    """
+
+    raws: list[bytes]
+    verified: bool
+    bytes_read: int
+    requests: int
+    gap_bytes: int
+    cache_hits: int = 0
+    cache_bytes: int = 0
+
+
+@dataclass
 class UnitResult:
     """Samples of one read unit, by plan slot, and what reading them cost.
 
@@ -82,6 +103,8 @@ class UnitResult:
         bytes_read: Bytes requested from storage.
         requests: Range requests made.
         gap_bytes: Bytes read between samples and discarded.
+        cache_hits: Samples served from the local cache (:mod:`shardprune.cache`).
+        cache_bytes: Bytes of those samples.
         error: Set instead of samples when reading the unit failed in a worker process
             (the training process re-raises the original exception, see
             :mod:`shardprune.loader.failure`).
@@ -98,6 +121,8 @@ class UnitResult:
     bytes_read: int = 0
     requests: int = 0
     gap_bytes: int = 0
+    cache_hits: int = 0
+    cache_bytes: int = 0
     packed: torch.Tensor | None = None
     packed_spec: list[_Packed] = field(default_factory=list)
     error: WorkerFailure | None = None
@@ -155,6 +180,9 @@ class UnitFetcher:
             ``id``, ``label`` and ``__key__`` are always kept.
         pack: :meth:`UnitResult.pack` each result, for results that cross to another
             process (the loader sets it when it has worker processes).
+        cache: A local cache of fetched samples (:mod:`shardprune.cache`), or None. Cached
+            samples are served from it (after the CRC32 check), the others are read as
+            sub-requests of the plan's requests and then cached.
     """
 
     def __init__(
@@ -166,6 +194,7 @@ class UnitFetcher:
         io_threads: int = 1,
         fields: tuple[str, ...] | None = None,
         pack: bool = False,
+        cache: RangeCache | None = None,
     ) -> None:
         if isinstance(io_threads, bool) or not isinstance(io_threads, int) or io_threads < 1:
             raise ConfigError(f"io_threads={io_threads!r} must be an int >= 1")
@@ -182,6 +211,7 @@ class UnitFetcher:
         self.transform = transform
         self.io_threads = io_threads
         self.pack = pack
+        self.cache = cache
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_ahead")}
@@ -196,36 +226,39 @@ class UnitFetcher:
             del os.environ[key]
         os.environ.update(env)
 
-    def read_unit(self, unit: ReadUnit) -> list[bytes]:
-        """The bytes of each of a unit's requests, up to ``io_threads`` in flight at once."""
+    def read_unit(self, unit: ReadUnit) -> UnitBytes:
+        """Each sample's bytes of ``unit``: its requests, up to ``io_threads`` in flight at
+        once, or through the cache (:meth:`_read_cached`)."""
+        if self.cache is not None:
+            return self._read_cached(unit, self.cache)
         ds = self.dataset
         ranges = [
             (ds.shard_path(s), o, n)
             for s, o, n in zip(unit.shard.tolist(), unit.offset.tolist(), unit.length.tolist())
         ]
-        return ds.storage.read_ranges(ranges, max_in_flight=self.io_threads)
+        datas = ds.storage.read_ranges(ranges, max_in_flight=self.io_threads)
+        raws: list[bytes] = []
+        first, starts, lengths = unit.first.tolist(), unit.starts.tolist(), unit.lengths.tolist()
+        for r, data in enumerate(datas):
+            view = memoryview(data)
+            raws.extend(bytes(view[starts[k] : starts[k] + lengths[k]]) for k in range(first[r], first[r + 1]))
+        return UnitBytes(raws, False, unit.nbytes, unit.requests, unit.gap_bytes)
 
-    def _samples(self, unit: ReadUnit, r: int, data: bytes) -> list[tuple[int, Sample]]:
+    def _sample(self, i: int, raw: bytes, verify: bool = True) -> Sample:
         ds = self.dataset
-        out: list[tuple[int, Sample]] = []
-        view = memoryview(data)
-        a, b = int(unit.first[r]), int(unit.first[r + 1])
-        for slot, i, start, n in zip(
-            unit.slots[a:b].tolist(), unit.ids[a:b].tolist(), unit.starts[a:b].tolist(), unit.lengths[a:b].tolist()
-        ):
-            raw = bytes(view[start : start + n])
+        if verify:
             ds.verify(i, raw)
-            sample = ds.decode(i, raw)
-            if self.fields is not None:
-                sample = select_fields(sample, self.fields, ds.where(i))
-            if self.decode:
-                sample = decode_sample(sample, ds.header.fields, ds.where(i))
-            if self.transform is not None:
-                sample = self.transform(sample)
-            out.append((slot, sample))
-        return out
+        sample = ds.decode(i, raw)
+        if self.fields is not None:
+            sample = select_fields(sample, self.fields, ds.where(i))
+        if self.decode:
+            sample = decode_sample(sample, ds.header.fields, ds.where(i))
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
 
     def __call__(self, unit: ReadUnit) -> UnitResult:
+        """Read, verify and decode ``unit`` (:meth:`start` then :meth:`finish`, on this thread)."""
         return self._guard(unit, lambda: self.read_unit(unit))
 
     def start(self, unit: ReadUnit) -> Reads:
@@ -258,7 +291,7 @@ class UnitFetcher:
         """The result of a unit whose reads :meth:`start` began (its error, if any, as :meth:`__call__` gives it)."""
         return self._guard(unit, reads.result)
 
-    def _guard(self, unit: ReadUnit, read: Callable[[], list[bytes]]) -> UnitResult:
+    def _guard(self, unit: ReadUnit, read: Callable[[], UnitBytes]) -> UnitResult:
         if not self.pack:
             return self._fetch(unit, read())
         # In a worker process: the exception travels as a value, so the training process
@@ -268,13 +301,89 @@ class UnitFetcher:
         except Exception as exc:  # noqa: BLE001 - every error is re-raised in the training process
             return UnitResult(index=unit.index, error=WorkerFailure.capture(exc))
 
-    def _fetch(self, unit: ReadUnit, datas: list[bytes]) -> UnitResult:
-        result = UnitResult(index=unit.index)
-        result.bytes_read = unit.nbytes
-        result.requests = unit.requests
-        result.gap_bytes = unit.gap_bytes
-        for r, data in enumerate(datas):
-            result.samples.extend(self._samples(unit, r, data))
+    def _fetch(self, unit: ReadUnit, got: UnitBytes) -> UnitResult:
+        result = UnitResult(
+            index=unit.index,
+            bytes_read=got.bytes_read,
+            requests=got.requests,
+            gap_bytes=got.gap_bytes,
+            cache_hits=got.cache_hits,
+            cache_bytes=got.cache_bytes,
+        )
+        verify = not got.verified
+        for slot, i, raw in zip(unit.slots.tolist(), unit.ids.tolist(), got.raws):
+            result.samples.append((slot, self._sample(i, raw, verify=verify)))
         if self.pack:
             result.pack()
+        return result
+
+    def _read_cached(self, unit: ReadUnit, cache: RangeCache) -> UnitBytes:
+        """:meth:`read_unit` through the cache: hits from disk, misses as sub-requests, then cached.
+
+        The misses of a request are read as its maximal runs of consecutive uncached
+        samples (each run one request, the gaps inside it included), so the bytes asked
+        of storage never exceed the plan's. Every sample is checked against the manifest
+        CRC32 here (a bad cached copy is a miss), and the samples come out in the same
+        order as without the cache.
+        """
+        ds = self.dataset
+        result = UnitBytes([], True, 0, 0, 0)
+        ids, lengths = unit.ids.tolist(), unit.lengths.tolist()
+        per_request = np.diff(unit.first)
+        offsets = (np.repeat(unit.offset, per_request) + unit.starts).tolist()
+        shards = np.repeat(unit.shard, per_request).tolist()
+        raws: list[bytes | None] = [None] * len(ids)
+        runs: list[tuple[int, int]] = []  # [k, j) sample positions read as one request
+        dropped: set[int] = set()  # shards whose cache failed the CRC check
+        for r in range(unit.requests):
+            a, b = int(unit.first[r]), int(unit.first[r + 1])
+            shard = int(unit.shard[r])
+            for k, raw in enumerate(cache.lookup(shard, offsets[a:b], lengths[a:b]), a):
+                if raw is None:
+                    continue
+                try:
+                    ds.verify(ids[k], raw)
+                except CorruptSampleError:
+                    cache.drop(shard)  # a bad cache is a miss, never an error or a wrong sample
+                    dropped.add(shard)
+                    continue
+                raws[k] = raw
+                result.cache_hits += 1
+                result.cache_bytes += len(raw)
+            k = a
+            while k < b:
+                if raws[k] is not None:
+                    k += 1
+                    continue
+                j = k
+                while j < b and raws[j] is None:
+                    j += 1
+                runs.append((k, j))
+                k = j
+        ranges = [
+            (ds.shard_path(shards[k]), offsets[k], offsets[j - 1] + lengths[j - 1] - offsets[k]) for k, j in runs
+        ]
+        datas = ds.storage.read_ranges(ranges, max_in_flight=self.io_threads) if ranges else []
+        fetched: dict[int, list[tuple[int, bytes]]] = {}
+        for (k, j), data in zip(runs, datas):
+            view = memoryview(data)
+            for m in range(k, j):
+                start = offsets[m] - offsets[k]
+                raw = bytes(view[start : start + lengths[m]])
+                ds.verify(ids[m], raw)
+                raws[m] = raw
+                fetched.setdefault(shards[m], []).append((offsets[m], raw))
+            result.bytes_read += len(data)
+            result.gap_bytes += len(data) - sum(lengths[k:j])
+        result.requests = len(runs)
+        # The good samples of a dropped shard go back with the fetched ones.
+        for k, raw in enumerate(raws):
+            if shards[k] in dropped and not any(a <= k < b for a, b in runs):
+                assert raw is not None
+                fetched.setdefault(shards[k], []).append((offsets[k], raw))
+        for shard, items in fetched.items():
+            cache.store(shard, items)
+        for raw in raws:
+            assert raw is not None
+            result.raws.append(raw)
         return result

@@ -28,6 +28,9 @@ class EpochStats:
         bytes_not_read: Bytes of the samples the policy pruned (the I/O pruning saved).
         gap_bytes: Bytes read between planned samples and thrown away (``max_gap``).
         requests: Range requests made so far.
+        cache_hits: Samples served from the local cache (``cache_dir``) so far; they are
+            not in ``bytes_read`` or ``requests``, which count what went to storage.
+        cache_bytes: Bytes of those samples.
         batches: Batches yielded so far.
     """
 
@@ -42,6 +45,8 @@ class EpochStats:
     bytes_not_read: int = 0
     gap_bytes: int = 0
     requests: int = 0
+    cache_hits: int = 0
+    cache_bytes: int = 0
     batches: int = 0
 
     def as_dict(self) -> dict[str, Any]:

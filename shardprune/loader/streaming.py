@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from shardprune.cache import open_cache
 from shardprune.costmodel import CostModel, measure
 from shardprune.dataset import ShardedDataset, open_dataset
 from shardprune.dist.world import World
@@ -154,6 +155,11 @@ class StreamingLoader:
             ``"width >= 256 and label < 10"`` or a bool mask over sample ids (default
             None: all). Filtered-out samples are never planned or read; the policy
             decides over the filtered samples (:mod:`shardprune.loader.filter`).
+        cache_dir: Local folder caching fetched samples of an object-storage dataset across
+            epochs, shared by workers, loaders and ranks of the node (default None: no cache;
+            a local dataset refuses it). See :mod:`shardprune.cache`.
+        cache_limit: Most disk the cache may use: bytes, or ``"20GB"`` / ``"500MiB"``;
+            whole shards are evicted least recently used first (default None: no limit).
 
     Epochs: see the module docstring. Each batch carries ``epoch`` (int), which
     :func:`shardprune.weighted_loss` passes on to the score store with the losses.
@@ -209,6 +215,8 @@ class StreamingLoader:
         multiprocessing_context: str = "forkserver",
         plan_ahead: int = DEFAULT_PLAN_AHEAD,
         filter: FilterSpec = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | str | None = None,
     ) -> None:
         if (num_epochs is None) == (num_steps is None):
             raise ConfigError(
@@ -279,6 +287,7 @@ class StreamingLoader:
             io_threads=self.reads.io_concurrency,
             fields=None if fields is None else tuple(fields),
             pack=self.num_workers > 0,
+            cache=open_cache(self.dataset, cache_dir, cache_limit),
         )
         horizon = self.num_epochs if self.num_epochs is not None else self.num_steps
         assert horizon is not None
@@ -510,6 +519,8 @@ class StreamingLoader:
         s.bytes_read += result.bytes_read
         s.requests += result.requests
         s.gap_bytes += result.gap_bytes
+        s.cache_hits += result.cache_hits
+        s.cache_bytes += result.cache_bytes
 
     def _pass(self, planned: PlannedEpoch, limit: int | None) -> Iterator[Batch]:
         """Yield batches ``cursor..`` of ``planned`` (at most ``limit``), moving the cursor."""
@@ -517,7 +528,7 @@ class StreamingLoader:
         self.shutdown()
         stats = planned.stats
         # The I/O counters describe this pass only: a replayed or resumed epoch starts at zero.
-        stats.bytes_read = stats.gap_bytes = stats.requests = 0
+        stats.bytes_read = stats.gap_bytes = stats.requests = stats.cache_hits = stats.cache_bytes = 0
         stats.batches = start
         if start >= plan.num_batches or limit == 0:
             return
@@ -597,6 +608,8 @@ class StreamingLoader:
             self._pool = None
         self.fetcher.close()
         self.dataset.storage.close()
+        if self.fetcher.cache is not None:
+            self.fetcher.cache.close()
 
     def __enter__(self) -> StreamingLoader:
         return self
