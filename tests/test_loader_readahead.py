@@ -65,6 +65,7 @@ def test_next_units_requests_overlap_the_current_units_decoding(s3rver: Any, tmp
     windows = [tuple(map(float, line.split())) for line in stamps.read_text().splitlines()]
     assert len(windows) == N
     during = [t for t in arrivals if any(a < t < b for a, b in windows)]
-    # Read-ahead: while unit k is decoded, unit k + 1's request is on its way (in-process the
-    # next unit is always started first; a worker starts what its queue already holds).
-    assert len(during) >= (N - 2 if workers == 0 else N // 3), (len(during), arrivals, windows)
+    # Read-ahead: while unit k is decoded, a later unit's request is on its way (the first
+    # units' requests all leave before the first decode; a worker starts what its queue
+    # holds). Without read-ahead none would.
+    assert len(during) >= N // 2, (len(during), arrivals, windows)
