@@ -111,7 +111,11 @@ def cpu_by_process(exclude: tuple[int, ...] = ()) -> dict[int, float]:
 
 def run_shardprune(url: str, options: dict[str, Any], keep: np.ndarray, args: argparse.Namespace,
                    harness: tuple[int, ...] = (), on_timed: Any = None) -> dict[str, Any]:
-    """One loader, two epochs of the same mask; epoch 1 is timed (workers started, as in training).
+    """One loader, epochs of the same mask; epoch 1 is timed, from the end of epoch 0 to its own end.
+
+    Steady state, as in training: the workers are running, epoch 1's first units were read
+    ahead at the end of epoch 0, and epoch 2's first units are read ahead at the end of
+    epoch 1 (epoch 2 itself is not iterated).
 
     ``harness``: PIDs of the server and the proxy, whose CPU seconds in the timed epoch are
     reported apart from the reader's (its process and workers). ``on_timed()`` is called
@@ -125,7 +129,7 @@ def run_shardprune(url: str, options: dict[str, Any], keep: np.ndarray, args: ar
     if getattr(args, "gap_budget", None) is not None:
         extra["gap_budget"] = args.gap_budget
     loader = StreamingLoader(
-        url, storage_options=options, batch_size=args.batch_size, policy=MaskPolicy(keep), num_epochs=2,
+        url, storage_options=options, batch_size=args.batch_size, policy=MaskPolicy(keep), num_epochs=3,
         num_workers=args.workers, decode=False, mixup=False, drop_last=False, fields=["bin"], **extra,
     )
     for _ in loader:  # epoch 0: starts the workers and the clients
@@ -134,7 +138,7 @@ def run_shardprune(url: str, options: dict[str, Any], keep: np.ndarray, args: ar
         on_timed()
     before = cpu_by_process()
     t0 = time.perf_counter()
-    samples = sum(len(b["ids"]) for b in loader)
+    samples = sum(len(b["ids"]) for b in loader)  # epoch 1
     secs = time.perf_counter() - t0
     after = cpu_by_process()
     s = loader.epoch_stats
@@ -183,11 +187,18 @@ def _wds_pipeline(urls: list[str], options: dict[str, Any], keep: np.ndarray, ba
     )
 
 
-def run_webdataset(urls: list[str], options: dict[str, Any], keep: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def run_webdataset(urls: list[str], options: dict[str, Any], keep: np.ndarray, args: argparse.Namespace,
+                   on_timed: Any = None) -> dict[str, Any]:
+    """Two epochs of one DataLoader (persistent workers); the second is timed."""
     import torch.utils.data as tud
 
     loader = tud.DataLoader(_wds_pipeline(urls, options, keep, args.batch_size), batch_size=None,
-                            num_workers=args.workers, multiprocessing_context="forkserver" if args.workers else None)
+                            num_workers=args.workers, persistent_workers=args.workers > 0,
+                            multiprocessing_context="forkserver" if args.workers else None)
+    for _ in loader:
+        pass
+    if on_timed is not None:
+        on_timed()
     t0 = time.perf_counter()
     samples = sum(len(b) for b in loader)
     return {"samples": samples, "seconds": time.perf_counter() - t0}
@@ -233,8 +244,7 @@ def cmd_epoch(args: argparse.Namespace) -> None:
                 if args.webdataset:
                     best = None
                     for _ in range(args.rounds):
-                        proxy.reset_counts()
-                        res = run_webdataset(tars, opts, keep_mask(n, 0.0), args)
+                        res = run_webdataset(tars, opts, keep_mask(n, 0.0), args, proxy.reset_counts)
                         res["proxy_bytes"] = proxy.counts()["bytes_sent"]
                         if best is None or res["seconds"] < best["seconds"]:
                             best = res
