@@ -24,12 +24,18 @@ the shard, read from storage), so a bad cache never yields a wrong sample.
 
 Size limit: disk use is counted as real allocated blocks (``st_blocks``) of every file
 under ``cache_dir`` (all datasets sharing it). Before a write, under the lock, whole
-shards are evicted least recently used first (a shard's log mtime, touched on every read
-that hits it) until the write fits; the shard being written is never evicted to make room
-for itself, and a write that still does not fit is skipped (reads keep working). After the
-write the use is measured again, so filesystem metadata blocks cannot push it past the
-limit. Evicting a shard another process is reading is safe: that process keeps reading
-the unlinked file through its open descriptor (same bytes) and reopens on its next write.
+shards are evicted until the write fits (:func:`eviction_order`): first the shards of
+other datasets, least recently used first; then this dataset's, *most* recently used
+first (a shard's log mtime, touched on every read that hits it). An epoch reads every
+shard once, so the shard used longest ago is the one the epoch still has to read, and
+least-recently-used eviction would throw away exactly what is needed next (measured: 0.26-0.38
+of the samples served at a limit of half the dataset, against 0.5 possible); the shards read
+most recently are the ones not needed again until the next epoch. The shard being written is
+never evicted to make room for itself, and a write that still does not fit is skipped (reads
+keep working). After the write the use is measured again, so filesystem metadata blocks
+cannot push it past the limit. Evicting a shard another process is reading is safe: that
+process keeps reading the unlinked file through its open descriptor (same bytes) and
+reopens on its next write.
 
 Failures while training (disk full, directory removed or read-only) never fail an epoch:
 caching stops in that process with one ``logging`` warning, and samples come from storage.
@@ -340,7 +346,7 @@ class RangeCache:
         return (len(new) + log_blocks + 1) * block
 
     def _make_room(self, shard: int, entry: _Shard, todo: Sequence[tuple[int, bytes]]) -> bool:
-        """Evict other shards, least recently used first, until the write fits; False if it cannot."""
+        """Evict other shards (:func:`eviction_order`) until the write fits; False if it cannot."""
         limit = self.cache_limit
         assert limit is not None
         need = self._new_bytes(entry, todo)
@@ -348,7 +354,7 @@ class RangeCache:
         used = other + sum(e[2] for e in entries)
         if used + need <= limit:
             return True
-        for key, other, nbytes, _ in sorted(entries, key=lambda e: e[3]):
+        for key, other, nbytes, _ in eviction_order(entries, self.key):
             if (key, other) == (self.key, shard):
                 continue  # never evict what is being written to make room for itself
             self._remove(key, other)
@@ -363,7 +369,7 @@ class RangeCache:
         assert limit is not None
         entries, other = self._scan()
         used = other + sum(e[2] for e in entries)
-        ordered = sorted(entries, key=lambda e: (e[:2] == (self.key, shard), e[3]))
+        ordered = sorted(eviction_order(entries, self.key), key=lambda e: e[:2] == (self.key, shard))
         for key, other, nbytes, _ in ordered:
             if used <= limit:
                 return
@@ -423,6 +429,18 @@ class RangeCache:
             log.warning("cache: %s %s failed%s: %s; caching is off in this process (pid %d), samples are read "
                         "from storage", what, self.folder, full, exc, os.getpid())
         self._writes_off = True
+
+
+def eviction_order(entries: Sequence[tuple[str, int, int, int]], key: str) -> list[tuple[str, int, int, int]]:
+    """Cached shards ``(dataset key, shard, disk bytes, last use ns)`` in the order they are evicted.
+
+    Other datasets' shards first, least recently used first (nothing reads them now); then
+    dataset ``key``'s, most recently used first (see the module doc: within an epoch the
+    least recently used shard is the one still to be read).
+    """
+    others = sorted((e for e in entries if e[0] != key), key=lambda e: e[3])
+    mine = sorted((e for e in entries if e[0] == key), key=lambda e: -e[3])
+    return others + mine
 
 
 def _record(offset: int, length: int) -> bytes:

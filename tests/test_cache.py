@@ -139,22 +139,38 @@ def _fill(cache: RangeCache, shard: int, nbytes: int = 8192) -> bytes:
     return data
 
 
-def test_eviction_is_least_recently_used_whole_shards(tmp_path: Path) -> None:
+def test_eviction_takes_other_datasets_first_then_the_most_recently_used_shard(tmp_path: Path) -> None:
     probe = RangeCache(tmp_path / "probe", None, "k")
     _fill(probe, 0)
     # One shard's bytes and log as this filesystem allocates them, and the rest (folders).
     per_shard = sum((tmp_path / "probe" / "k" / f"0.{ext}").stat().st_blocks * 512 for ext in ("bin", "log"))
-    cache = RangeCache(tmp_path / "c", probe.disk_usage() + 2 * per_shard + per_shard // 2, "k")
-    data = {s: _fill(cache, s) for s in range(3)}
-    assert cache.lookup(0, [0], [8192]) == [data[0]]  # shard 0 used again: shard 1 is now the oldest
+    limit = probe.disk_usage() + 2 * per_shard + per_shard // 2 + 8192  # 2.5 shards (+ a second key's folder)
+    old = RangeCache(tmp_path / "c", limit, "old")  # another dataset in the same cache_dir
+    old_data = _fill(old, 7)
+    cache = RangeCache(tmp_path / "c", limit, "k")
+    data = {s: _fill(cache, s) for s in range(2)}  # full: old 7, k 0, k 1
+    assert cache.lookup(0, [0], [8192]) == [data[0]]  # shard 0 used again: the most recent now
     time.sleep(0.02)
-    data[3] = _fill(cache, 3)
+    data[2] = _fill(cache, 2)  # the other dataset's shard goes first, however old
+    assert old.lookup(7, [0], [8192]) == [None]
+    assert [s for s in range(3) if cache.lookup(s, [0], [8192]) == [data[s]]] == [0, 1, 2]
+    time.sleep(0.02)
+    assert cache.lookup(1, [0], [8192]) == [data[1]]  # 1 is now the most recently used
+    time.sleep(0.02)
+    data[3] = _fill(cache, 3)  # within this dataset: the most recently used goes (1)
     present = [s for s in range(4) if cache.lookup(s, [0], [8192]) == [data[s]]]
-    assert present == [0, 2, 3]
-    assert cache.disk_usage() <= cache.cache_limit  # type: ignore[operator]
+    assert present == [0, 2, 3], present
+    assert old_data and cache.disk_usage() <= cache.cache_limit  # type: ignore[operator]
     # A shard that cannot fit alone is not cached (and evicts nothing it could not use).
     cache.store(9, [(0, b"x" * (4 * per_shard))])
     assert cache.lookup(9, [0], [4 * per_shard]) == [None]
+
+
+def test_eviction_order_is_a_pure_function() -> None:
+    from shardprune.cache import eviction_order
+
+    entries = [("k", 0, 10, 300), ("k", 1, 10, 100), ("old", 5, 10, 500), ("k", 2, 10, 200), ("old", 6, 10, 50)]
+    assert [(k, s) for k, s, *_ in eviction_order(entries, "k")] == [("old", 6), ("old", 5), ("k", 0), ("k", 2), ("k", 1)]
 
 
 def test_corrupted_cache_bytes_are_refetched(dataset: tuple[str, Path], s3rver: Any, tmp_path: Path) -> None:
