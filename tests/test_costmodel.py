@@ -108,6 +108,9 @@ def test_loader_cost_option(s3rver: Any, tmp_path: Path) -> None:
         assert summarize(plan).samples == 120
     with pytest.raises(ConfigError, match="cost='fast'"):
         StreamingLoader(url, cost="fast", **common)
+    with pytest.raises(ConfigError, match="chained URL"):
+        StreamingLoader(f"simplecache::{url}", cost="measure", batch_size=10, num_epochs=1, decode=False,
+                        storage_options={"s3": s3rver.storage_options})
     write_dataset(tmp_path / "ds", n=20, per_shard=20)
     with pytest.raises(ConfigError, match="is local"):
         StreamingLoader(tmp_path / "ds", batch_size=5, num_epochs=1, cost="measure")

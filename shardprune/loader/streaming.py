@@ -317,6 +317,12 @@ class StreamingLoader:
                 f"cost='measure' times object-store requests, and {storage.url} is local (reads are system calls, "
                 "nothing is bridged or split); pass cost=None"
             )
+        if storage.chained:
+            raise ConfigError(
+                f"cost='measure' times object-store requests, and {storage.url} is a chained URL whose reads may "
+                "go through a local copy (simplecache:: fetches whole files); pass a CostModel(latency_s=..., "
+                "bandwidth=...) or cost=None"
+            )
         m = self.dataset.manifest
         if len(m.shard) == 0:
             return storage.cost
