@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -25,17 +26,23 @@ from shardprune.errors import DistributedError
 #: Seconds a rank whose collective failed waits for the other ranks to check in.
 PROBE_S = 10.0
 _POLL_S = 0.05
-#: Per process group (the object, held so its id is never reused): a counter of its collectives.
-_counters: dict[int, tuple[Any, Iterator[int]]] = {}
+#: Per process group: a counter of its collectives. Keyed by the group object through a weak
+#: reference: a strong one kept a destroyed group alive until the interpreter's final teardown,
+#: where gloo's destructor aborted the process ("terminate called without an active exception",
+#: about one exit in 20 on a loaded machine). A dead reference's entry is dropped, so an id reused
+#: by a new group starts a new count.
+_counters: dict[int, tuple[weakref.ref[Any], Iterator[int]]] = {}
 T = TypeVar("T")
 
 
 def _next_number(group: Any) -> int:
     # A re-initialised WORLD is a new object, so its numbering starts again at 0 on every rank.
     pg = group if group is not None else dist.group.WORLD
+    for key in [k for k, (ref, _) in _counters.items() if ref() is None]:
+        del _counters[key]
     entry = _counters.get(id(pg))
-    if entry is None or entry[0] is not pg:
-        entry = _counters[id(pg)] = (pg, itertools.count())
+    if entry is None or entry[0]() is not pg:
+        entry = _counters[id(pg)] = (weakref.ref(pg), itertools.count())
     return next(entry[1])
 
 
