@@ -126,9 +126,11 @@ def measure(
         transfer = time.perf_counter() - t0 - latency
         bandwidth = min(max(n / max(transfer, 1e-6), BANDWIDTH_RANGE[0]), BANDWIDTH_RANGE[1])
     model = CostModel(latency_s=latency, bandwidth=bandwidth)
+    kept = "" if n >= 1 << 20 else (
+        f"; bandwidth not measured (file of {size} bytes), kept {default.bandwidth / 1e6:.0f} MB/s"
+    )
     log.info(
         "measured %s: %.1f ms per request, %.1f MB/s per connection (break-even gap %d bytes)%s",
-        rel, latency * 1e3, bandwidth / 1e6, model.break_even_gap,
-        "" if n >= 1 << 20 else f"; bandwidth not measured (file of {size} bytes), kept {default.bandwidth / 1e6:.0f} MB/s",
+        rel, latency * 1e3, bandwidth / 1e6, model.break_even_gap, kept,
     )
     return model

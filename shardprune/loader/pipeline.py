@@ -4,8 +4,9 @@ This and :mod:`~shardprune.loader.workers` are the loader's only torchdata users
 module the only one that reaches into its internals (``_it``, ``_shutdown``: torchdata has
 no public API to stop a running prefetch thread). The graph::
 
-    read units                                        # read order, from the resume cursor
-      -> ReadAhead(UnitFetcher) / PoolMapper(pool)   # read (next unit's requests under way) + CRC + decode + transform
+    read units                                       # read order, from the resume cursor
+      -> ReadAhead(UnitFetcher) / PoolMapper(pool)   # read (next units' requests under way),
+                                                     # CRC, decode, transform
       -> PlanOrder                                   # back to plan order, cut into batches
       -> Mapper(BatchAssembler)                      # collate, weights, epoch, Mixup
       -> Failsafe                                    # an exception becomes a Failure item
