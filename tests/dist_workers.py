@@ -358,3 +358,19 @@ def dead_rank(rank: int, world: int, out: Path, *, store: str, victim: int) -> N
             (out / f"rank{rank}.json").write_text(json.dumps({"error": str(exc), "at": time.time(), "step": step}))
             scores.close(sync=False)
             raise
+
+
+def group_released(rank: int, world: int, out: Path) -> None:
+    """After a numbered collective and ``destroy_process_group``, nothing of shardprune's holds
+    the group: a group kept alive is destroyed in the interpreter's final teardown, where gloo
+    aborts the process ("terminate called without an active exception")."""
+    import gc
+    import weakref
+
+    from shardprune.dist.collectives import all_gather_bytes
+
+    parts = all_gather_bytes(b"x", None)
+    ref = weakref.ref(dist.group.WORLD)
+    dist.destroy_process_group()
+    gc.collect()
+    (out / f"rank{rank}.json").write_text(json.dumps({"parts": len(parts), "released": ref() is None}))

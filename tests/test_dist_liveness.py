@@ -52,3 +52,12 @@ def test_a_failure_with_every_rank_alive_says_so(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < PROBE_S  # nobody is missing: no waiting for the probe
     finally:
         dist.destroy_process_group()
+
+
+def test_a_destroyed_group_is_not_kept_alive(tmp_path: Path) -> None:
+    codes = launch("group_released", 2, tmp_path)
+    out = tmp_path / "out-group_released-2"
+    assert codes == [0, 0]
+    for r in range(2):
+        doc = json.loads((out / f"rank{r}.json").read_text())
+        assert doc == {"parts": 2, "released": True}
