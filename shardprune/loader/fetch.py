@@ -6,9 +6,13 @@ naming the URL and range after the last retry). Every sample's bytes are checked
 against the manifest CRC32 before parsing, so corruption is reported with the shard,
 sample id and offset (:class:`~shardprune.errors.CorruptSampleError`).
 
-A :class:`UnitFetcher` is the ``map_fn`` of the loader's ``ParallelMapper``: it pickles
-as the dataset (URL plus manifest arrays) and options, and opens its own file handles,
-object-store client and I/O thread pool lazily in each process.
+A :class:`UnitFetcher` reads units for the loader's pipeline (the ``ReadAhead`` node in the
+training process, or the worker pool's processes). A fetch has two halves: :meth:`UnitFetcher.start`
+reads a unit's bytes (its requests, or the local cache) on a background thread for object
+storage, and :meth:`UnitFetcher.finish` verifies, decodes and packs them, so a reader cuts one
+unit while the next ones' round trips are under way. The fetcher pickles as the dataset (URL
+plus manifest arrays) and options, and opens its own file handles, object-store client and
+thread pools lazily in each process.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ _STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
 #: one) does not leave the slots idle.
 READ_AHEAD_UNITS = 2
 _AHEAD_LOCK = threading.Lock()
+
 
 class Reads(Protocol):
     """Requests of a unit under way: :meth:`UnitFetcher.start` returns one, :meth:`UnitFetcher.finish` takes it."""
