@@ -159,7 +159,8 @@ class StreamingLoader:
             epochs, shared by workers, loaders and ranks of the node (default None: no cache;
             a local dataset refuses it). See :mod:`shardprune.cache`.
         cache_limit: Most disk the cache may use: bytes, or ``"20GB"`` / ``"500MiB"``;
-            whole shards are evicted least recently used first (default None: no limit).
+            whole shards are evicted, other datasets' first, then this dataset's most recently
+            used (:func:`shardprune.cache.eviction_order`; default None: no limit).
 
     Epochs: see the module docstring. Each batch carries ``epoch`` (int), which
     :func:`shardprune.weighted_loss` passes on to the score store with the losses.
