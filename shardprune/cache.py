@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardprune.cache")
 
-__all__ = ["RangeCache", "dataset_key", "open_cache", "parse_cache_limit"]
+__all__ = ["RangeCache", "dataset_key", "eviction_order", "open_cache", "parse_cache_limit"]
 
 #: One presence record: offset, length (int64) and the CRC32 of those 16 bytes, padded to 24.
 _RECORD = struct.Struct("<qqI4x")
