@@ -37,8 +37,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machineinfo import machine_line  # noqa: E402
 from maskpolicy import keep_mask  # noqa: E402
-from s3_bench import BENCH, make_tars, parse_size, upload  # noqa: E402
-from shapeproxy import ShapingProxyProcess  # noqa: E402
+from s3_bench import shaped_s3rver, uploaded  # noqa: E402
 
 from shardprune.loader import StreamingLoader  # noqa: E402
 from shardprune.policies.decision import EpochDecision, PolicyBase  # noqa: E402
@@ -105,32 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbps", type=float, default=50.0, help="MB/s per connection (default 50)")
     args = parser.parse_args(argv)
     mp.set_start_method("forkserver", force=True)
-    from s3rver import running_s3rver
-
     table: list[tuple[str, str, dict[str, Any]]] = []
-    with running_s3rver() as server:
-        with ShapingProxyProcess(server.endpoint_url, args.latency_ms / 1000, args.mbps * 1e6) as proxy:
-            opts = dict(server.storage_options)
-            opts["client_kwargs"] = dict(opts["client_kwargs"], endpoint_url=proxy.url)
-            for size_text in args.sizes.split(","):
-                size = parse_size(size_text)
-                local = BENCH / f"{size_text}-{args.dataset_mb}M-{args.shard_mb}M"
-                n = make_tars(local, size, args.dataset_mb << 20, args.shard_mb << 20)
-                url = server.url(local.name)
-                upload(local, url, server.storage_options)
-                data_bytes = sum(p.stat().st_size for p in local.glob("*.tar"))
-                # Untimed: starts the forkserver and imports the client stack once.
-                run(url, opts, n, None, None, proxy, args, epochs=1)
-                for text in args.limits.split(","):
-                    limit = None if text == "none" else int(float(text) * data_bytes)
-                    folder = None if limit is None else CACHES / f"{size_text}-{text}"
-                    for row in run(url, opts, n, limit, folder, proxy, args):
-                        label = "no cache" if limit is None else f"{float(text):.0%} ({limit / 2**20:.1f} MiB)"
-                        row.update(size=size_text, limit=label, data_bytes=data_bytes)
-                        print(json.dumps(row), flush=True)
-                        table.append((size_text, label, row))
-                    if folder is not None:
-                        shutil.rmtree(folder, ignore_errors=True)
+    with shaped_s3rver(args.latency_ms, args.mbps) as (server, proxy, opts):
+        for size_text in args.sizes.split(","):
+            local, url, n = uploaded(server, size_text, args.dataset_mb, args.shard_mb)
+            data_bytes = sum(p.stat().st_size for p in local.glob("*.tar"))
+            # Untimed: starts the forkserver and imports the client stack once.
+            run(url, opts, n, None, None, proxy, args, epochs=1)
+            for text in args.limits.split(","):
+                limit = None if text == "none" else int(float(text) * data_bytes)
+                folder = None if limit is None else CACHES / f"{size_text}-{text}"
+                for row in run(url, opts, n, limit, folder, proxy, args):
+                    label = "no cache" if limit is None else f"{float(text):.0%} ({limit / 2**20:.1f} MiB)"
+                    row.update(size=size_text, limit=label, data_bytes=data_bytes)
+                    print(json.dumps(row), flush=True)
+                    table.append((size_text, label, row))
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
     print()
     print(machine_line())
     print(f"proxy: {args.latency_ms} ms per response, {args.mbps} MB/s per connection; {args.dataset_mb} MiB per size, "

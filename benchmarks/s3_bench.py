@@ -41,6 +41,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,25 @@ def upload(local: Path, url: str, options: dict[str, Any]) -> None:
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
     for f in sorted(local.iterdir()):
         fs.put_file(str(f), f"{url}/{f.name}")
+
+
+@contextmanager
+def shaped_s3rver(latency_ms: float, mbps: float) -> Iterator[tuple[Any, ShapingProxyProcess, dict[str, Any]]]:
+    """s3rver behind the shaping proxy: ``(server, proxy, storage options reaching it through the proxy)``."""
+    from s3rver import running_s3rver
+
+    with running_s3rver() as server:
+        with ShapingProxyProcess(server.endpoint_url, latency_ms / 1000, mbps * 1e6) as proxy:
+            yield server, proxy, server.options_via(proxy.url)
+
+
+def uploaded(server: Any, size_text: str, dataset_mb: int, shard_mb: int) -> tuple[Path, str, int]:
+    """The tars of one sample size, made once locally and uploaded to ``server``: ``(local folder, URL, samples)``."""
+    local = BENCH / f"{size_text}-{dataset_mb}M-{shard_mb}M"
+    n = make_tars(local, parse_size(size_text), dataset_mb << 20, shard_mb << 20)
+    url = server.url(local.name)
+    upload(local, url, server.storage_options)
+    return local, url, n
 
 
 # -- readers ------------------------------------------------------------------------------
@@ -208,51 +228,42 @@ def run_webdataset(urls: list[str], options: dict[str, Any], keep: np.ndarray, a
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_epoch(args: argparse.Namespace) -> None:
-    from s3rver import running_s3rver
+    import psutil
 
     ratios = [float(r) for r in args.ratios.split(",")]
     rows: list[dict[str, Any]] = []
-    with running_s3rver() as server:
-        with ShapingProxyProcess(server.endpoint_url, args.latency_ms / 1000, args.mbps * 1e6) as proxy:
-            opts = dict(server.storage_options)
-            opts["client_kwargs"] = dict(opts["client_kwargs"], endpoint_url=proxy.url)
-            for size_text in args.sizes.split(","):
-                size = parse_size(size_text)
-                local = BENCH / f"{size_text}-{args.dataset_mb}M-{args.shard_mb}M"
-                n = make_tars(local, size, args.dataset_mb << 20, args.shard_mb << 20)
-                url = server.url(local.name)
-                upload(local, url, server.storage_options)
-                tars = sorted(f"{url}/{p.name}" for p in local.glob("*.tar"))
-                # Untimed: starts the forkserver and imports the client stack once, as a second epoch would find.
-                run_shardprune(url, opts, keep_mask(n, 0.9), args)
-                import psutil
-
-                harness = tuple(p.pid for p in psutil.Process().children(recursive=True) if p.name() == "node")
-                harness += (proxy.pid,) if proxy.pid is not None else ()
-                for r in ratios:
-                    keep = keep_mask(n, r)
-                    best: dict[str, Any] | None = None
-                    for _ in range(args.rounds):
-                        res = run_shardprune(url, opts, keep, args, harness, proxy.reset_counts)
-                        counts = proxy.counts()
-                        res["proxy_bytes"] = counts["bytes_sent"]
-                        res["proxy_gets"] = counts["range_gets"]
-                        res["max_in_flight"] = counts["max_in_flight"]
-                        if best is None or res["seconds"] < best["seconds"]:
-                            best = res
-                    assert best is not None
-                    rows.append({"reader": "shardprune", "size": size_text, "r": r, **best})
-                    print(json.dumps(rows[-1]), flush=True)
-                if args.webdataset:
-                    best = None
-                    for _ in range(args.rounds):
-                        res = run_webdataset(tars, opts, keep_mask(n, 0.0), args, proxy.reset_counts)
-                        res["proxy_bytes"] = proxy.counts()["bytes_sent"]
-                        if best is None or res["seconds"] < best["seconds"]:
-                            best = res
-                    assert best is not None
-                    rows.append({"reader": "webdataset", "size": size_text, "r": 0.0, **best})
-                    print(json.dumps(rows[-1]), flush=True)
+    with shaped_s3rver(args.latency_ms, args.mbps) as (server, proxy, opts):
+        harness = tuple(p.pid for p in psutil.Process().children(recursive=True) if p.name() == "node")
+        harness += (proxy.pid,) if proxy.pid is not None else ()
+        for size_text in args.sizes.split(","):
+            local, url, n = uploaded(server, size_text, args.dataset_mb, args.shard_mb)
+            tars = sorted(f"{url}/{p.name}" for p in local.glob("*.tar"))
+            # Untimed: starts the forkserver and imports the client stack once, as a second epoch would find.
+            run_shardprune(url, opts, keep_mask(n, 0.9), args)
+            for r in ratios:
+                keep = keep_mask(n, r)
+                best: dict[str, Any] | None = None
+                for _ in range(args.rounds):
+                    res = run_shardprune(url, opts, keep, args, harness, proxy.reset_counts)
+                    counts = proxy.counts()
+                    res["proxy_bytes"] = counts["bytes_sent"]
+                    res["proxy_gets"] = counts["range_gets"]
+                    res["max_in_flight"] = counts["max_in_flight"]
+                    if best is None or res["seconds"] < best["seconds"]:
+                        best = res
+                assert best is not None
+                rows.append({"reader": "shardprune", "size": size_text, "r": r, **best})
+                print(json.dumps(rows[-1]), flush=True)
+            if args.webdataset:
+                best = None
+                for _ in range(args.rounds):
+                    res = run_webdataset(tars, opts, keep_mask(n, 0.0), args, proxy.reset_counts)
+                    res["proxy_bytes"] = proxy.counts()["bytes_sent"]
+                    if best is None or res["seconds"] < best["seconds"]:
+                        best = res
+                assert best is not None
+                rows.append({"reader": "webdataset", "size": size_text, "r": 0.0, **best})
+                print(json.dumps(rows[-1]), flush=True)
     print()
     print(machine_line())
     print(f"proxy: {args.latency_ms} ms per response, {args.mbps} MB/s per connection; {args.dataset_mb} MiB per size, "
@@ -350,9 +361,7 @@ def cmd_retry(args: argparse.Namespace) -> None:
         for backend in ("fsspec", "obstore"):
             for fault in (503, 500):
                 with FaultProxy(server.endpoint_url, fail_all=fault) as fp:
-                    opts = dict(server.storage_options)
-                    opts["client_kwargs"] = dict(opts["client_kwargs"], endpoint_url=fp.url)
-                    st = Storage(url, opts, backend=backend)
+                    st = Storage(url, server.options_via(fp.url), backend=backend)
                     t0 = time.perf_counter()
                     try:
                         st.read_range("blob", 4096, 4096)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -41,3 +43,16 @@ def s3rver() -> Iterator[S3Server]:
 
     with running_s3rver() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def shapeproxy() -> ModuleType:
+    """``benchmarks/shapeproxy.py`` as a module: the loopback proxy that adds a delay per
+    response and a bandwidth cap per connection (``shapeproxy.ShapingProxy``), and stamps
+    each ranged GET's arrival."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "shapeproxy.py"
+    spec = importlib.util.spec_from_file_location("shapeproxy", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -40,6 +40,15 @@ class S3Server:
         """``s3://bucket/prefix``; a fresh random prefix when none is given."""
         return f"s3://{self.bucket}/{prefix or uuid.uuid4().hex}"
 
+    def options_via(self, endpoint_url: str) -> dict[str, Any]:
+        """:attr:`storage_options` reaching the server through ``endpoint_url`` (a proxy in front of it).
+
+        No client options for retries: Storage turns botocore's and s3fs's off itself.
+        """
+        opts = dict(self.storage_options)
+        opts["client_kwargs"] = dict(opts["client_kwargs"], endpoint_url=endpoint_url)
+        return opts
+
 
 @contextmanager
 def running_s3_server(bucket: str = "shardprune-test") -> Iterator[S3Server]:

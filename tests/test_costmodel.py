@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +15,12 @@ from shardprune.loader import StreamingLoader
 from shardprune.loader.ioplan import summarize
 from shardprune.storage import Storage
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _shapeproxy() -> Any:
-    spec = importlib.util.spec_from_file_location("shapeproxy", REPO / "benchmarks" / "shapeproxy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("shapeproxy", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _through(s3rver: Any, endpoint: str) -> dict[str, Any]:
-    opts = dict(s3rver.storage_options)
-    opts["client_kwargs"] = dict(opts["client_kwargs"], endpoint_url=endpoint)
-    return opts
-
-
-def test_measure_finds_the_proxy_latency_and_bandwidth(s3rver: Any) -> None:
+def test_measure_finds_the_proxy_latency_and_bandwidth(s3rver: Any, shapeproxy: Any) -> None:
     url = s3rver.url()
     Storage(url, s3rver.storage_options).write_bytes_atomic("blob", os.urandom(6 << 20))
-    proxy_mod = _shapeproxy()
     # 60 ms per response and 20 MB/s per connection, far from the defaults (20 ms, 50 MB/s).
-    with proxy_mod.ShapingProxy(s3rver.endpoint_url, latency_s=0.06, bandwidth=20e6) as proxy:
-        storage = Storage(url, _through(s3rver, proxy.url))
+    with shapeproxy.ShapingProxy(s3rver.endpoint_url, latency_s=0.06, bandwidth=20e6) as proxy:
+        storage = Storage(url, s3rver.options_via(proxy.url))
         model = measure(storage, "blob", 6 << 20, probes=4)
         assert proxy.range_gets == 5  # 4 latency probes, 1 bandwidth probe
     assert 0.055 <= model.latency_s <= 0.3

@@ -7,8 +7,6 @@ arrives while a transform runs (a reader reads, then decodes, then reads the nex
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,17 +17,7 @@ from loader_data import write_dataset
 from shardprune.loader import StreamingLoader
 from shardprune.loader.decode import Sample
 
-REPO = Path(__file__).resolve().parent.parent
 N = 12
-
-
-def _shapeproxy() -> Any:
-    spec = importlib.util.spec_from_file_location("shapeproxy", REPO / "benchmarks" / "shapeproxy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("shapeproxy", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 class SlowStamp:
@@ -47,13 +35,13 @@ class SlowStamp:
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_next_units_requests_overlap_the_current_units_decoding(s3rver: Any, tmp_path: Path, workers: int) -> None:
+def test_next_units_requests_overlap_the_current_units_decoding(s3rver: Any, shapeproxy: Any, tmp_path: Path,
+                                                                  workers: int) -> None:
     url = s3rver.url()
     write_dataset(url, n=N, per_shard=N, storage_options=s3rver.storage_options)
     stamps = tmp_path / "stamps.txt"
-    with _shapeproxy().ShapingProxy(s3rver.endpoint_url, latency_s=0.03, bandwidth=1e9) as proxy:
-        opts = dict(s3rver.storage_options)
-        opts["client_kwargs"] = dict(opts["client_kwargs"], endpoint_url=proxy.url)
+    with shapeproxy.ShapingProxy(s3rver.endpoint_url, latency_s=0.03, bandwidth=1e9) as proxy:
+        opts = s3rver.options_via(proxy.url)
         # max_block=1: every sample is a unit of its own (one request), so there are N units.
         with StreamingLoader(url, storage_options=opts, batch_size=3, num_epochs=1, num_workers=workers,
                              max_block=1, transform=SlowStamp(str(stamps), 0.08), shuffle="window") as loader:

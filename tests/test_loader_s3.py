@@ -42,16 +42,6 @@ def _run(root: Path | str, **kw: Any) -> tuple[list[np.ndarray], dict[str, int]]
         return out, loader.epoch_stats.as_dict()
 
 
-def _opts(s3rver: Any, endpoint: str | None = None) -> dict[str, Any]:
-    opts = dict(s3rver.storage_options)
-    kwargs = dict(opts["client_kwargs"])
-    if endpoint is not None:
-        kwargs["endpoint_url"] = endpoint
-    opts["client_kwargs"] = kwargs
-    # No client options for retries: Storage turns botocore's and s3fs's off itself.
-    return opts
-
-
 def test_s3_epoch_equals_local_epoch(datasets: tuple[Path, str], s3rver: Any) -> None:
     local, url = datasets
     want, local_stats = _run(local)
@@ -85,7 +75,7 @@ def test_transient_faults_still_yield_every_sample_once(
     local, url = datasets
     want, _ = _run(local)
     with FaultProxy(s3rver.endpoint_url, faults=faults) as proxy:
-        got, stats = _run(url, storage_options=_opts(s3rver, proxy.url), num_workers=workers, max_gap=0, gap_budget=0)
+        got, stats = _run(url, storage_options=s3rver.options_via(proxy.url), num_workers=workers, max_gap=0, gap_budget=0)
     assert [n for n, *_ in proxy.injected] == sorted(faults)  # the faults really happened
     ids = np.concatenate([b[:, 0] for b in got]).astype(int).tolist()
     assert len(ids) == len(set(ids)) == N // 2
@@ -100,7 +90,7 @@ def test_persistent_failure_names_url_and_range(datasets: tuple[Path, str], s3rv
     with FaultProxy(s3rver.endpoint_url, fail_all=fault) as proxy:
         start = time.monotonic()
         with pytest.raises(FetchError) as err:
-            _run(url, storage_options=_opts(s3rver, proxy.url), max_gap=0, gap_budget=0)
+            _run(url, storage_options=s3rver.options_via(proxy.url), max_gap=0, gap_budget=0)
         elapsed = time.monotonic() - start
     # Raised in the prefetch thread, re-raised here as the same type, the traceback prepended.
     found = re.search(
@@ -132,7 +122,7 @@ def test_pruned_bytes_never_requested_from_the_server(datasets: tuple[Path, str]
     # Seen at the HTTP level: every byte range the server was asked for lies inside kept samples.
     _, url = datasets
     with FaultProxy(s3rver.endpoint_url) as proxy:
-        opts = _opts(s3rver, proxy.url)
+        opts = s3rver.options_via(proxy.url)
         with StreamingLoader(url, batch_size=10, num_epochs=2, seed=4, policy=make_policy("random", prune_ratio=0.5),
                              store=SeenStore(n=N), drop_last=False, storage_options=opts, max_gap=0,
                              gap_budget=0) as loader:

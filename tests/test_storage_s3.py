@@ -24,12 +24,6 @@ BACKENDS = ["fsspec", "obstore"]
 DATA = bytes(range(256)) * 64  # 16 KiB
 
 
-def _opts(server: Any, endpoint: str | None = None) -> dict[str, Any]:
-    opts = dict(server.storage_options)
-    opts["client_kwargs"] = dict(opts["client_kwargs"], **({} if endpoint is None else {"endpoint_url": endpoint}))
-    return opts
-
-
 @pytest.fixture(scope="module")
 def url(s3rver: Any) -> str:
     url = s3rver.url()
@@ -60,7 +54,7 @@ def test_read_write_list(s3rver: Any, backend: str) -> None:
 def test_read_ranges_in_order_and_concurrent(s3rver: Any, url: str, backend: str) -> None:
     ranges = [("d/blob.bin", 1000 * k, 100 + k) for k in range(16)]
     with ShapingProxy(s3rver.endpoint_url, latency_s=0.2, bandwidth=50e6) as proxy:
-        st = Storage(url, _opts(s3rver, proxy.url), backend=backend, max_in_flight=16)
+        st = Storage(url, s3rver.options_via(proxy.url), backend=backend, max_in_flight=16)
         st.read_range("d/blob.bin", 1, 1)  # connect once, outside the timing
         proxy.reset_counts()
         start = time.monotonic()
@@ -78,7 +72,7 @@ def test_one_client_per_process(s3rver: Any, url: str) -> None:
     b = pickle.loads(pickle.dumps(a))
     assert a.fs is b.fs  # a worker that receives a fresh copy keeps its connections
     assert a.fs.retries == 1  # s3fs's own retry loop is off
-    assert a.fs is not Storage(url, _opts(s3rver, "http://127.0.0.1:1"), backend="fsspec").fs
+    assert a.fs is not Storage(url, s3rver.options_via("http://127.0.0.1:1"), backend="fsspec").fs
 
 
 def test_chained_url_reads_through_a_local_cache(s3rver: Any, url: str, tmp_path: Path) -> None:
@@ -97,7 +91,7 @@ def test_persistent_error_is_bounded_and_named(
     s3rver: Any, url: str, backend: str, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     with FaultProxy(s3rver.endpoint_url, fail_all=status) as proxy:
-        st = Storage(url, _opts(s3rver, proxy.url), backend=backend)
+        st = Storage(url, s3rver.options_via(proxy.url), backend=backend)
         start = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="shardprune.storage"):
             with pytest.raises(FetchError) as err:
@@ -115,7 +109,7 @@ def test_persistent_error_is_bounded_and_named(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_transient_faults_recover(s3rver: Any, url: str, backend: str) -> None:
     with FaultProxy(s3rver.endpoint_url, faults={1: 503, 2: "drop", 3: 500}) as proxy:
-        st = Storage(url, _opts(s3rver, proxy.url), backend=backend)
+        st = Storage(url, s3rver.options_via(proxy.url), backend=backend)
         assert st.read_range("d/blob.bin", 0, 4096) == DATA[:4096]
     assert proxy.range_reads == 4
 
@@ -127,7 +121,7 @@ def test_read_ranges_of_several_objects_with_a_fault(s3rver: Any, url: str, back
     ranges = [("d/blob.bin" if k % 3 else "d/other.bin", 300 * k + 1, 50 + k) for k in range(40)]
     want = [(DATA if rel == "d/blob.bin" else DATA[::-1])[o : o + n] for rel, o, n in ranges]
     with FaultProxy(s3rver.endpoint_url, faults={3: 503, 10: 500}) as proxy:
-        st = Storage(url, _opts(s3rver, proxy.url), backend=backend, max_in_flight=32)
+        st = Storage(url, s3rver.options_via(proxy.url), backend=backend, max_in_flight=32)
         assert st.read_ranges(ranges) == want
     assert len(proxy.injected) == 2
     # Each range read once, plus the retries: a failed obstore batch re-reads its ranges one by one.

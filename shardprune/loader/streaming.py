@@ -32,7 +32,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from shardprune.cache import open_cache
@@ -324,13 +323,10 @@ class StreamingLoader:
                 "go through a local copy (simplecache:: fetches whole files); pass a CostModel(latency_s=..., "
                 "bandwidth=...) or cost=None"
             )
-        m = self.dataset.manifest
-        if len(m.shard) == 0:
+        largest = max(self.dataset.header.shards, key=lambda shard: shard.bytes, default=None)
+        if largest is None or largest.bytes == 0:
             return storage.cost
-        ends = np.zeros(len(self.dataset.header.shards), dtype=np.int64)
-        np.maximum.at(ends, np.asarray(m.shard, dtype=np.int64), np.asarray(m.offset) + np.asarray(m.length))
-        shard = int(np.argmax(ends))
-        return measure(storage, self.dataset.shard_path(shard), int(ends[shard]))
+        return measure(storage, largest.path, largest.bytes)
 
     # -- what the current epoch is ----------------------------------------------------------
     @property
