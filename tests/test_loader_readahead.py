@@ -17,7 +17,7 @@ from loader_data import write_dataset
 from shardprune.loader import StreamingLoader
 from shardprune.loader.decode import Sample
 
-N = 12
+N = 24
 
 
 class SlowStamp:
@@ -53,7 +53,9 @@ def test_next_units_requests_overlap_the_current_units_decoding(s3rver: Any, sha
     windows = [tuple(map(float, line.split())) for line in stamps.read_text().splitlines()]
     assert len(windows) == N
     during = [t for t in arrivals if any(a < t < b for a, b in windows)]
-    # Read-ahead: while unit k is decoded, a later unit's request is on its way (the first
-    # units' requests all leave before the first decode; a worker starts what its queue
-    # holds). Without read-ahead none would.
-    assert len(during) >= N // 2, (len(during), arrivals, windows)
+    # Read-ahead: while unit k is decoded, a later unit's request is on its way. The first
+    # units' requests (up to 6: what a worker's queue holds plus what the loader dispatches
+    # before the first batch) all leave before the first decode, and on a loaded machine an
+    # arrival can fall in the gap between two decodes, so the bound is a quarter of the units;
+    # without read-ahead none would (0 on the code before it).
+    assert len(during) >= N // 4, (len(during), arrivals, windows)
