@@ -94,7 +94,7 @@ def test_a_killed_worker_fails_the_epoch_clearly_and_a_new_pass_recovers(tmp_pat
     with StreamingLoader(tmp_path / "ds", batch_size=16, num_epochs=2, num_workers=2, shuffle_buffer=32,
                          transform=KillWorkerOnce(str(marker))) as loader:
         loader.set_epoch(0)
-        with pytest.raises(FetchError, match=r"worker process \d+ died \(exit code -9.* set_epoch\(0\)"):
+        with pytest.raises(FetchError, match=r"worker process \d+ died \(killed by SIGKILL, e.g. by the out-of-memory killer\).* set_epoch\(0\)"):
             for _ in loader:
                 pass
         assert not marker.exists()
@@ -164,3 +164,24 @@ def test_a_pass_opened_early_is_read_behind_the_current_one_and_adopted(tmp_path
         assert [r.index for r in third] == list(range(len(units))) and pool.adopted == 1
     finally:
         pool.close()
+
+
+def test_a_script_without_the_main_guard_gets_the_reason_its_workers_die(tmp_path: Path) -> None:
+    """Workers under forkserver re-import the script; one without ``if __name__ == "__main__"`` fails them."""
+    import subprocess
+    import sys
+
+    write_dataset(tmp_path / "ds")
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from shardprune.loader import StreamingLoader\n"
+        f"loader = StreamingLoader({str(tmp_path / 'ds')!r}, batch_size=16, num_epochs=1, num_workers=1)\n"
+        "for batch in loader:\n"
+        "    pass\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if line.startswith("shardprune.errors.FetchError")]
+    assert errors, run.stderr[-3000:]
+    assert "loader worker process" in errors[0] and "(exit code 1: it raised before serving" in errors[0]
+    assert 'if __name__ == "__main__":' in errors[0]

@@ -214,9 +214,9 @@ class WorkerPool:
             except queue.Empty:
                 if not proc.is_alive():
                     raise FetchError(
-                        f"loader worker process {proc.pid} died (exit code {proc.exitcode}: killed, e.g. out of "
-                        f"memory) during epoch {epoch}; set_epoch({epoch}) and iterate again to read the epoch "
-                        "with a new worker, or resume from a checkpoint"
+                        f"loader worker process {proc.pid} died ({_exit_reason(proc.exitcode)}) during epoch "
+                        f"{epoch}; set_epoch({epoch}) and iterate again to read the epoch with a new worker, or "
+                        "resume from a checkpoint"
                     ) from None
                 continue
             if got_gen > gen and result is not None:
@@ -295,3 +295,18 @@ class PoolMapper(BaseNode[UnitResult]):
         result = self.pool.receive(self._gen, self._received, self.epoch)
         self._received += 1
         return result
+
+
+def _exit_reason(code: int | None) -> str:
+    """What a dead worker's exit code says, for the error message."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = ", e.g. by the out-of-memory killer" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return (
+        f"exit code {code}: it raised before serving, and its traceback is on standard error above; under "
+        "spawn or forkserver a script that starts the loader must do so under `if __name__ == \"__main__\":`"
+    )
