@@ -56,6 +56,8 @@ def launch(target: str, world: int, tmp: Path, *, join_s: float = 240.0, **kwarg
     out.mkdir(parents=True, exist_ok=True)
     init_file = tmp / f"pg-{target}-{world}-{os.getpid()}-{len(list(tmp.iterdir()))}"
     ctx = mp.get_context("spawn")
+    # A rank that aborts (SIGABRT) prints every thread's Python stack into the test's output.
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     procs = [
         ctx.Process(target=_entry, args=(target, r, world, str(init_file), str(out), kwargs)) for r in range(world)
     ]

@@ -15,6 +15,7 @@ of the uninterrupted one (same fingerprint).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,9 @@ TOOL = REPO / "tools" / "train_ddp.py"
 
 def _torchrun(nproc: int, args: list[str], timeout: int = 150) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(TOOL), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    # A rank that aborts (SIGABRT) prints every thread's Python stack: the failure says which.
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def _common(digits: dict[str, str], out: Path, batch: int) -> list[str]:
 
 def _run(nproc: int, args: list[str]) -> None:
     run = _torchrun(nproc, args)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, run.stderr[-12000:]
 
 
 def _scores(digits: dict[str, str], store: Path) -> np.ndarray:

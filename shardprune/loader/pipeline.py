@@ -21,6 +21,10 @@ persistent :class:`~shardprune.loader.workers.WorkerPool`, whose processes (star
 
 from __future__ import annotations
 
+import atexit
+import threading
+import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +45,12 @@ from shardprune.loader.workers import PoolMapper, WorkerPool
 FORKSERVER_PRELOAD = ("numpy", "torch", "shardprune.loader.fetch")
 #: Added for remote datasets: the object-store client stack (a missing one is skipped).
 FORKSERVER_PRELOAD_REMOTE = ("fsspec", "s3fs", "aiobotocore.session")
+#: Seconds :meth:`EpochPipeline.stop` waits for the graph's threads to finish the item in hand
+#: when asked to join them (at :meth:`StreamingLoader.close` and at interpreter exit).
+JOIN_S = 30.0
+#: Pipelines whose threads may still run: stopped and joined at interpreter exit (see
+#: :func:`_stop_running`).
+_RUNNING: weakref.WeakSet[EpochPipeline] = weakref.WeakSet()
 
 
 class ReadAhead(BaseNode[UnitResult]):
@@ -159,6 +169,7 @@ class EpochPipeline:
             nodes.insert(0, root)
         self.root = root
         self._nodes = nodes
+        _RUNNING.add(self)
 
     def batches(self) -> Any:
         """Iterate the batches; raises the first error of the pass where its batch was due."""
@@ -168,12 +179,23 @@ class EpochPipeline:
             batch: Batch = item
             yield batch
 
-    def stop(self) -> None:
-        """Stop the graph's threads (the pool's processes stay for the next pass)."""
+    def stop(self, join_s: float = 0.0) -> None:
+        """Stop the graph's threads (the pool's processes stay for the next pass).
+
+        Args:
+            join_s: Seconds to wait, in all, for threads still finishing an item (a
+                transform, a collate) to end; 0: do not wait beyond torchdata's own joins.
+        """
         for node in self._nodes:
             _stop(node)
             if isinstance(node, ReadAhead):
                 node.cancel()
+        deadline = time.monotonic() + join_s
+        for thread in (t for node in self._nodes for t in _threads(node)):
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()) if join_s > 0 else 0.0)
+        if not any(t.is_alive() for node in self._nodes for t in _threads(node)):
+            _RUNNING.discard(self)
 
 
 def preload_forkserver(modules: tuple[str, ...]) -> None:
@@ -190,6 +212,40 @@ def preload_forkserver(modules: tuple[str, ...]) -> None:
     missing = [m for m in modules if m not in current]
     if missing:
         forkserver.set_forkserver_preload(current + missing)
+
+
+def _threads(node: Any) -> list[threading.Thread]:
+    """The threads behind a torchdata node (in its iterator ``_it``, or one level below)."""
+    found: list[threading.Thread] = []
+    it = getattr(node, "_it", None)
+    depth = 0
+    while it is not None and depth < 4:
+        for name in ("_thread", "_read_thread", "_sort_thread"):
+            thread = getattr(it, name, None)
+            if isinstance(thread, threading.Thread):
+                found.append(thread)
+        found.extend(t for t in getattr(it, "_workers", ()) if isinstance(t, threading.Thread))
+        it = getattr(it, "_it", None)
+        depth += 1
+    return found
+
+
+@atexit.register
+def _stop_running() -> None:
+    """At interpreter exit, stop every pipeline still running and wait for its threads.
+
+    A script that ends (or fails) while a loader's iterator is alive mid-epoch leaves the
+    graph's daemon threads preparing batches. One that is inside a torch operator when the
+    interpreter finalises is killed as it takes the GIL back, through a C++ ``noexcept``
+    frame, and the whole process aborts ("terminate called without an active exception",
+    status 134) instead of exiting with its own status. ``atexit`` runs before that, with
+    the interpreter whole: the threads are told to stop and finish the item in hand.
+    Registered at import, after torch's and multiprocessing's handlers, so it runs first
+    (the worker processes still answer while the graph stops).
+    """
+    deadline = time.monotonic() + JOIN_S
+    for pipeline in list(_RUNNING):
+        pipeline.stop(join_s=max(0.1, deadline - time.monotonic()))
 
 
 def _stop(node: Any) -> None:

@@ -51,6 +51,7 @@ from shardprune.loader.order import BatchAssembler
 from shardprune.loader.pipeline import (
     FORKSERVER_PRELOAD,
     FORKSERVER_PRELOAD_REMOTE,
+    JOIN_S,
     EpochPipeline,
     preload_forkserver,
 )
@@ -299,6 +300,7 @@ class StreamingLoader:
         self._chosen = False  # set_epoch / load_state_dict chose what the next iter() serves
         self._resume_pending = False  # load_state_dict was the last call: set_epoch(same) keeps its cursor
         self._active: EpochPipeline | None = None
+        self._stopping: threading.Thread | None = None
         self._pool: WorkerPool | None = None
         self._ahead = PlanAhead(self._plan_with_units, self._open_early)
         self._first_units: Prepared | None = None
@@ -580,9 +582,14 @@ class StreamingLoader:
             if self._active is pipeline:
                 self._active = None
             if self._cursor >= plan.num_batches:
-                # Every batch was handed out, so the graph's threads are idle: joining them
-                # (torchdata polls every 0.1 s) need not hold up the training thread.
-                threading.Thread(target=pipeline.stop, name="shardprune-stop", daemon=True).start()
+                # Every batch was handed out, so the graph's threads are idle or finishing work
+                # nobody takes (a dropped last partial batch): joining them (torchdata polls every
+                # 0.1 s) need not hold up the training thread. close() and interpreter exit wait
+                # for this thread (a daemon thread inside a torch operator at exit aborts the process).
+                self._stopping = threading.Thread(
+                    target=pipeline.stop, args=(JOIN_S,), name="shardprune-stop", daemon=True
+                )
+                self._stopping.start()
             else:
                 pipeline.stop()
 
@@ -596,15 +603,26 @@ class StreamingLoader:
             weakref.finalize(self, self._pool.close)
         return self._pool
 
-    def shutdown(self) -> None:
-        """Stop the running pass's threads (the worker processes stay for the next pass)."""
+    def shutdown(self, join_s: float = 0.0) -> None:
+        """Stop the running pass's threads (the worker processes stay for the next pass).
+
+        Args:
+            join_s: Seconds to wait for threads still finishing an item (a transform) to end.
+        """
         active, self._active = self._active, None
         if active is not None:
-            active.stop()
+            active.stop(join_s)
 
     def close(self) -> None:
-        """Stop the pipeline and the worker processes, and close this process's file handles."""
-        self.shutdown()
+        """Stop the pipeline and the worker processes, and close this process's file handles.
+
+        Returns once the pipeline's threads have ended (each finishes the item in hand, up to
+        ``JOIN_S`` seconds), so no thread of the loader runs after it.
+        """
+        self.shutdown(JOIN_S)
+        if self._stopping is not None:
+            self._stopping.join(JOIN_S)  # the last pass's graph, stopping in the background
+            self._stopping = None
         self._ahead.close()
         if self._pool is not None:
             self._pool.close()
