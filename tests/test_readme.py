@@ -108,16 +108,28 @@ def mnist1d_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_readme_has_integration_snippets() -> None:
     blocks = _python_blocks(INTEGRATIONS)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     assert [("as_lightning" in b, "as_iterable_dataset" in b, "register_for_checkpointing" in b) for b in blocks] == [
+        (True, False, False),
         (True, False, False),
         (False, True, False),
         (False, False, True),
     ]
 
 
+def test_readme_lightning_ddp_snippet_is_the_tested_script() -> None:
+    """The DDP snippet (S3 paths, 8 GPUs) is not run here; tests/lightning_ddp_script.py, run on 2
+    CPU processes by test_loader_lightning_ddp.py, makes the same calls in the same hooks."""
+    block = _python_blocks(INTEGRATIONS)[1]
+    script = (Path(__file__).parent / "lightning_ddp_script.py").read_text()
+    for call in ("def setup(self, stage", "DistributedScores.open(", "as_lightning(StreamingLoader(", "strategy=\"ddp\"",
+                 "PruningCheckpoint(lambda: module.data, lambda: module.store)", "weighted_loss(batch, losses, self.store)",
+                 "module.store.close()"):
+        assert call in block and call in script, call
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["lightning", "dataloader", "accelerate"])
+@pytest.mark.parametrize("index", [0, 2, 3], ids=["lightning", "dataloader", "accelerate"])
 def test_readme_integration_snippet_prunes(index: int, mnist1d_dir: Path, tmp_path: Path) -> None:
     """Each snippet, after the "Train with it" set-up, trains every epoch and prunes after the first."""
     setup = _python_block("## Train with it")

@@ -9,6 +9,7 @@ Importing this module needs ``lightning`` (``pip install lightning``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from shardprune.errors import ConfigError
@@ -34,25 +35,52 @@ class PruningCheckpoint(Callback):
     """Save and restore the loader's position and the score store in Lightning checkpoints.
 
     Args:
-        data: The :func:`~shardprune.loader.adapters.as_lightning` adapter passed to ``fit``.
+        data: The :func:`~shardprune.loader.adapters.as_lightning` adapter passed to ``fit``,
+            or a function of no arguments returning it.
         store: The score store the training step reports to (anything with
-            ``state_dict()`` / ``load_state_dict()``: a ScoreStore or DistributedScores).
+            ``state_dict()`` / ``load_state_dict()``: a ScoreStore or DistributedScores),
+            or a function of no arguments returning it.
+
+    Under DDP the loader and a :class:`~shardprune.dist.DistributedScores` store can only be
+    made once the process group exists, in ``LightningModule.setup()``: pass functions,
+    ``PruningCheckpoint(lambda: module.data, lambda: module.store)``. They are called when a
+    checkpoint is saved or restored; Lightning calls ``setup()`` before either.
 
     State format: ``{"loader": data.state_dict(), "scores": store.state_dict()}``; the
     scores are restored first, because the loader re-plans its epoch from the snapshot
-    pinned in the store.
+    pinned in the store. Under DDP every rank saves and restores (the score store's
+    ``state_dict`` is collective), as Lightning calls callbacks on every rank.
     """
 
-    def __init__(self, data: LightningLoader, store: ScoreSink) -> None:
-        if not isinstance(data, LightningLoader):
+    def __init__(self, data: LightningLoader | Callable[[], LightningLoader],
+                 store: ScoreSink | Callable[[], ScoreSink]) -> None:
+        if not isinstance(data, LightningLoader) and not callable(data):
             raise ConfigError(
-                f"data={data!r} must be the as_lightning(loader) adapter that is passed to Trainer.fit"
+                f"data={data!r} must be the as_lightning(loader) adapter that is passed to Trainer.fit, or a "
+                "function returning it"
             )
-        for method in ("state_dict", "load_state_dict"):
-            if not callable(getattr(store, method, None)):
-                raise ConfigError(f"store={store!r} has no {method}(); pass the ScoreStore the training step reports to")
-        self.data = data
-        self.store: Any = store
+        if not _is_store(store) and not callable(store):
+            raise ConfigError(
+                f"store={store!r} has no state_dict() / load_state_dict(); pass the ScoreStore (or "
+                "DistributedScores) the training step reports to, or a function returning it"
+            )
+        self._data, self._store = data, store
+
+    @property
+    def data(self) -> LightningLoader:
+        """The adapter (the function given instead is called now)."""
+        data = self._data if isinstance(self._data, LightningLoader) else self._data()
+        if not isinstance(data, LightningLoader):
+            raise ConfigError(f"the data function returned {data!r}, not the as_lightning(loader) adapter")
+        return data
+
+    @property
+    def store(self) -> Any:
+        """The score store (the function given instead is called now)."""
+        store = self._store if _is_store(self._store) else self._store()  # type: ignore[operator]
+        if not _is_store(store):
+            raise ConfigError(f"the store function returned {store!r}, which has no state_dict() / load_state_dict()")
+        return store
 
     def state_dict(self) -> dict[str, Any]:
         """The loader's position (batches trained on) and the score store's state."""
@@ -62,3 +90,7 @@ class PruningCheckpoint(Callback):
         """Restore the scores, then the loader (its epoch is planned from the pinned scores)."""
         self.store.load_state_dict(state_dict[SCORES_KEY])
         self.data.load_state_dict(state_dict[LOADER_KEY])
+
+
+def _is_store(obj: Any) -> bool:
+    return all(callable(getattr(obj, m, None)) for m in ("state_dict", "load_state_dict"))

@@ -229,6 +229,7 @@ class StreamingLoader:
         self.dataset = dataset if isinstance(dataset, ShardedDataset) else open_dataset(dataset, storage_options)
         self.filter, self.filter_ids = filter, filter_ids(filter, self.dataset.manifest)
         self.world = World.detect() if world is None else world
+        self._world_detected = world is None
         if not isinstance(self.world, World):
             raise ConfigError(f"world={world!r} must be a shardprune.dist.world.World or None")
         self.seed = check_int("seed", seed, 0)
@@ -396,6 +397,25 @@ class StreamingLoader:
         planned = self.planner.plan(epoch, clock, snapshot)
         return planned, self.planner.read_units(planned.plan, 0, self.reads)
 
+    def _check_world(self) -> None:
+        """Refuse to plan when torch.distributed places this process elsewhere than the
+        rank layout the loader was made for (detected before the process group existed)."""
+        if not self._world_detected:
+            return
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        rank, size = dist.get_rank(), dist.get_world_size()
+        if (rank, size) != (self.world.rank, self.world.world_size):
+            raise ConfigError(
+                f"this loader was made for rank {self.world.rank} of {self.world.world_size} (detected when it was "
+                f"constructed, before torch.distributed was initialised), but this process now runs as rank {rank} "
+                f"of {size}: every rank would read the wrong share of each epoch. Make the loader (and a "
+                "DistributedScores store) after the process group exists: under Lightning's DDP in "
+                "LightningModule.setup() (see the README's Lightning section); or pass world=World(rank, world_size)"
+            )
+
     def _open_early(self, prepared: Prepared) -> None:
         """The next epoch is planned: let the workers read its first units behind this epoch's last."""
         pool = self._pool
@@ -408,6 +428,7 @@ class StreamingLoader:
         The scores: ``snapshot`` if given (a resume), else the epoch prepared in the
         background if it is this one (see :mod:`~shardprune.loader.ahead`), else frozen now.
         """
+        self._check_world()
         clock = epoch if self.num_steps is None else self._step
         prepared = self._ahead.take(epoch, clock) if snapshot is None else None
         self._ahead.clear()

@@ -53,5 +53,6 @@ def lost(url: str, me: str, winner: str | None) -> OwnershipLostError:
     return OwnershipLostError(
         f"score store {url} is now owned by {other}, not by this writer {me[:8]}; another process "
         "opened it as a writer. Only one writer per store URL may exist: open the other processes "
-        "with writer=False"
+        "with writer=False; in a torch.distributed job (torchrun, Lightning DDP) open it on every rank "
+        "with shardprune.dist.DistributedScores.open(...), after the process group exists (rank 0 writes)"
     )
