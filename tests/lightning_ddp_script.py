@@ -3,11 +3,13 @@
 Lightning's DDP launcher starts rank 1 by running this script again, so the script is a
 file, not a test function. Usage::
 
-    python lightning_ddp_script.py DATA OUT setup|module-level
+    python lightning_ddp_script.py DATA OUT setup|module-level|stop|resume
 
 ``setup``: the README's pattern, the store and loader made in ``LightningModule.setup``
 (the process group exists there). ``module-level``: both made at import, before the process
 group exists, as a single-process script would: the loader must refuse with a clear error.
+``stop``: as ``setup``, but saves ``OUT/mid.ckpt`` after batch :data:`STOP_AFTER` of epoch
+:data:`STOP_EPOCH` and stops there (a preempted job); ``resume``: ``fit(ckpt_path=OUT/mid.ckpt)``.
 Each rank writes ``OUT/rank<r>.json``: the ids of every batch it trained on, per epoch, and
 the loader's epoch statistics.
 """
@@ -29,6 +31,7 @@ from shardprune.loader.lightning_callback import PruningCheckpoint
 
 DATA, OUT, MODE = sys.argv[1], sys.argv[2], sys.argv[3]
 EPOCHS, BATCH = 3, 32
+STOP_EPOCH, STOP_AFTER = 1, 2
 
 
 def make(store: Any) -> Any:
@@ -53,7 +56,7 @@ class Module(L.LightningModule):  # type: ignore[misc]
             self.store, self.data = EARLY_STORE, EARLY_DATA
 
     def setup(self, stage: str) -> None:
-        if MODE == "setup":
+        if MODE != "module-level":
             ds = open_dataset(DATA)
             self.store = DistributedScores.open(f"{OUT}/scores", len(ds), ds.fingerprint)
             self.data = make(self.store)
@@ -73,13 +76,24 @@ class Module(L.LightningModule):  # type: ignore[misc]
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
+class StopMidEpoch(L.Callback):  # type: ignore[misc]
+    """Save a checkpoint after batch STOP_AFTER of epoch STOP_EPOCH, then stop training there."""
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == STOP_EPOCH and batch_idx == STOP_AFTER - 1:
+            trainer.save_checkpoint(f"{OUT}/mid.ckpt")  # every rank calls it; rank 0 writes the file
+            trainer.should_stop = True
+
+
 def main() -> None:
     module = Module()
-    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=2, strategy="ddp",
-                        callbacks=[PruningCheckpoint(lambda: module.data, lambda: module.store)],
+    callbacks: list[Any] = [PruningCheckpoint(lambda: module.data, lambda: module.store)]
+    if MODE == "stop":
+        callbacks.append(StopMidEpoch())
+    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=2, strategy="ddp", callbacks=callbacks,
                         enable_progress_bar=False, logger=False, enable_checkpointing=False,
                         enable_model_summary=False)
-    trainer.fit(module)
+    trainer.fit(module, ckpt_path=f"{OUT}/mid.ckpt" if MODE == "resume" else None)
     rank = trainer.global_rank
     module.store.close()
     with open(f"{OUT}/rank{rank}.json", "w") as f:

@@ -26,17 +26,21 @@ pytest.importorskip("lightning")
 SCRIPT = Path(__file__).with_name("lightning_ddp_script.py")
 
 
-def _fit(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:
-    write_dataset(tmp_path / "data")
+def _fit(out: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    """Run the script (Lightning starts rank 1 itself) on the test dataset, writing into ``out``."""
+    data = out.parent / "data"
+    if not data.exists():
+        write_dataset(data)
     env = {**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    return subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "data"), str(tmp_path), mode],
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
+    return subprocess.run([sys.executable, str(SCRIPT), str(data), str(out), mode],
+                          capture_output=True, text=True, timeout=240, cwd=out, env=env)
 
 
 def test_ddp_ranks_train_disjoint_shares_and_prune(tmp_path: Path) -> None:
-    run = _fit(tmp_path, "setup")
+    (tmp_path / "run").mkdir()
+    run = _fit(tmp_path / "run", "setup")
     assert run.returncode == 0, run.stderr[-6000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 for r in ranks)
     for epoch in ("0", "1", "2"):
         shares = [r["seen"][epoch] for r in ranks]
@@ -58,14 +62,33 @@ def test_ddp_ranks_train_disjoint_shares_and_prune(tmp_path: Path) -> None:
     from shardprune import ScoreStore, open_dataset
 
     ds = open_dataset(tmp_path / "data")
-    with ScoreStore(tmp_path / "scores", len(ds), ds.fingerprint, writer=False) as store:
+    with ScoreStore(tmp_path / "run" / "scores", len(ds), ds.fingerprint, writer=False) as store:
         visits = store.snapshot().visits
     assert int((visits >= 1).sum()) == N
 
 
 def test_a_loader_made_before_the_process_group_refuses_on_every_rank(tmp_path: Path) -> None:
-    run = _fit(tmp_path, "module-level")
+    (tmp_path / "run").mkdir()
+    run = _fit(tmp_path / "run", "module-level")
     assert run.returncode != 0
     assert "this loader was made for rank 0 of 1" in run.stderr, run.stderr[-6000:]
     assert "this loader was made for rank 0 of 2" in run.stderr, run.stderr[-6000:]
     assert "LightningModule.setup()" in run.stderr
+
+
+def test_a_preempted_ddp_run_resumes_exactly(tmp_path: Path) -> None:
+    """Stopped after batch 2 of epoch 1 and resumed from that checkpoint, each rank trains
+    exactly the batches the uninterrupted run trained after that point, in the same order."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir(), cut.mkdir()
+    for out, mode in ((whole, "setup"), (cut, "stop"), (cut, "resume")):
+        run = _fit(out, mode)
+        assert run.returncode == 0, (mode, run.stderr[-6000:])
+        if mode == "stop":
+            stopped = [json.loads((cut / f"rank{r}.json").read_text())["seen"] for r in (0, 1)]
+    for rank in (0, 1):
+        expected = json.loads((whole / f"rank{rank}.json").read_text())["seen"]
+        resumed = json.loads((cut / f"rank{rank}.json").read_text())["seen"]
+        assert stopped[rank]["1"] == expected["1"][: 2 * 32]  # the same run up to the stop
+        assert resumed["1"] == expected["1"][2 * 32 :]  # the rest of epoch 1, not a replay
+        assert resumed["2"] == expected["2"]

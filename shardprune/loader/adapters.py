@@ -337,11 +337,38 @@ class LightningLoader:
 
         Loading the state that is already loaded is a no-op: on a mid-epoch resume
         Lightning hands the loader its state again after :class:`PruningCheckpoint` did.
+        Under DDP Lightning hands every rank rank 0's state (it writes rank 0's only); after
+        PruningCheckpoint restored this rank's own, rank 0's copy of the same position is a
+        no-op too.
+
+        Raises:
+            ConfigError: another rank's state, with no state of this rank loaded before
+                (the Trainer has no PruningCheckpoint).
         """
-        if self._loaded is not None and state == self._loaded:
+        if self._loaded is not None and _same_position(state, self._loaded):
             return
+        rank = state.get("config", {}).get("rank") if isinstance(state, dict) else None
+        if isinstance(rank, int) and rank != self.loader.world.rank:
+            raise ConfigError(
+                f"Lightning restored rank {rank}'s loader position on rank {self.loader.world.rank} (it checkpoints "
+                "rank 0's only): pass callbacks=[PruningCheckpoint(...)] (shardprune.loader.lightning_callback) to "
+                "the Trainer that writes the checkpoint and the one that resumes; it keeps every rank's position"
+            )
         self.cursor.load_state_dict(state)
         self._loaded = dict(state)
+
+
+def _same_position(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same epoch and batch of the same run, possibly of another rank (configs equal but for the rank)."""
+    if a == b:
+        return True
+    try:
+        config_a = {k: v for k, v in a["config"].items() if k != "rank"}
+        config_b = {k: v for k, v in b["config"].items() if k != "rank"}
+    except (KeyError, AttributeError, TypeError):
+        return False
+    keys = ("epoch", "batches_yielded", "step", "snapshot_fingerprint")
+    return config_a == config_b and all(a.get(k) == b.get(k) for k in keys)
 
 
 def as_lightning(loader: StreamingLoader) -> LightningLoader:

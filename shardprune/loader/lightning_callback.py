@@ -9,11 +9,13 @@ Importing this module needs ``lightning`` (``pip install lightning``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from shardprune.errors import ConfigError
 from shardprune.loader.adapters import LightningLoader
+from shardprune.state import jsonable
 from shardprune.train import ScoreSink
 
 try:
@@ -29,6 +31,8 @@ __all__ = ["PruningCheckpoint"]
 #: Keys of :meth:`PruningCheckpoint.state_dict`.
 LOADER_KEY = "loader"
 SCORES_KEY = "scores"
+#: Every rank's loader state, in rank order (``torch.distributed`` with more than one rank).
+LOADERS_KEY = "loaders"
 
 
 class PruningCheckpoint(Callback):
@@ -46,10 +50,14 @@ class PruningCheckpoint(Callback):
     ``PruningCheckpoint(lambda: module.data, lambda: module.store)``. They are called when a
     checkpoint is saved or restored; Lightning calls ``setup()`` before either.
 
-    State format: ``{"loader": data.state_dict(), "scores": store.state_dict()}``; the
-    scores are restored first, because the loader re-plans its epoch from the snapshot
-    pinned in the store. Under DDP every rank saves and restores (the score store's
-    ``state_dict`` is collective), as Lightning calls callbacks on every rank.
+    State format: ``{"loader": data.state_dict(), "scores": store.state_dict()}``, and under
+    ``torch.distributed`` with more than one rank ``"loaders"``: every rank's
+    ``data.state_dict()`` in rank order (gathered when the checkpoint is taken, because
+    Lightning writes rank 0's callback state only, and each rank's position is its own
+    slice of the epoch). On restore each rank takes its own entry. The scores are restored
+    first, because the loader re-plans its epoch from the snapshot pinned in the store.
+    Lightning calls both on every rank; the score store's ``state_dict`` and the gather
+    are collective.
     """
 
     def __init__(self, data: LightningLoader | Callable[[], LightningLoader],
@@ -83,13 +91,36 @@ class PruningCheckpoint(Callback):
         return store
 
     def state_dict(self) -> dict[str, Any]:
-        """The loader's position (batches trained on) and the score store's state."""
-        return {LOADER_KEY: self.data.state_dict(), SCORES_KEY: self.store.state_dict()}
+        """The loader's position (batches trained on; every rank's under DDP) and the score store's state."""
+        loader = self.data.state_dict()
+        state = {LOADER_KEY: loader, SCORES_KEY: self.store.state_dict()}
+        rank, world = _rank_world()
+        if world > 1:
+            from shardprune.dist.collectives import all_gather_bytes
+
+            parts = all_gather_bytes(json.dumps(jsonable(loader)).encode())
+            state[LOADERS_KEY] = [json.loads(p) for p in parts]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the scores, then the loader (its epoch is planned from the pinned scores)."""
+        """Restore the scores, then this rank's loader position (planned from the pinned scores)."""
         self.store.load_state_dict(state_dict[SCORES_KEY])
-        self.data.load_state_dict(state_dict[LOADER_KEY])
+        loader = state_dict[LOADER_KEY]
+        rank, world = _rank_world()
+        loaders = state_dict.get(LOADERS_KEY)
+        if loaders is not None and rank < len(loaders):
+            loader = loaders[rank]
+        # A checkpoint of another rank count gives some rank another's position (or none of
+        # its own): the loader compares the layouts and refuses a mid-epoch one.
+        self.data.load_state_dict(loader)
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _is_store(obj: Any) -> bool:
