@@ -51,6 +51,7 @@ JOIN_S = 30.0
 #: Pipelines whose threads may still run: stopped and joined at interpreter exit (see
 #: :func:`_stop_running`).
 _RUNNING: weakref.WeakSet[EpochPipeline] = weakref.WeakSet()
+_RUNNING_LOCK = threading.Lock()  # a background stop may discard while exit iterates
 
 
 class ReadAhead(BaseNode[UnitResult]):
@@ -169,7 +170,8 @@ class EpochPipeline:
             nodes.insert(0, root)
         self.root = root
         self._nodes = nodes
-        _RUNNING.add(self)
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
 
     def batches(self) -> Any:
         """Iterate the batches; raises the first error of the pass where its batch was due."""
@@ -195,7 +197,8 @@ class EpochPipeline:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()) if join_s > 0 else 0.0)
         if not any(t.is_alive() for node in self._nodes for t in _threads(node)):
-            _RUNNING.discard(self)
+            with _RUNNING_LOCK:
+                _RUNNING.discard(self)
 
 
 def preload_forkserver(modules: tuple[str, ...]) -> None:
@@ -244,7 +247,9 @@ def _stop_running() -> None:
     (the worker processes still answer while the graph stops).
     """
     deadline = time.monotonic() + JOIN_S
-    for pipeline in list(_RUNNING):
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for pipeline in running:
         pipeline.stop(join_s=max(0.1, deadline - time.monotonic()))
 
 
