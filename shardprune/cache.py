@@ -6,17 +6,22 @@ cached (or evicted) go to the object store. Layout under ``cache_dir``::
 
     .lock                        flock'ed by every writer (all processes of the node)
     <dataset key>/source.json    the dataset URL and manifest checksum (for people)
-    <dataset key>/<shard>.bin    a sparse file: each cached sample's bytes at its own offset
-    <dataset key>/<shard>.log    presence log: one 24-byte record per cached sample
+    <dataset key>/<shard>.bin    the cached samples' bytes, packed one after another
+    <dataset key>/<shard>.log    presence log: one 32-byte record per cached sample
 
-The dataset key hashes the dataset's URL and its manifest checksum (which covers every
-sample's offset, length and CRC32), so a rewritten dataset gets a new key and never
-reads stale bytes. Disk use is only what is cached: a sample's bytes are written with
-``pwrite`` at the sample's own offset, so the holes (pruned samples, never-kept ones)
-take no blocks.
+The dataset key hashes the cache layout's version, the dataset's URL and its manifest
+checksum (which covers every sample's offset, length and CRC32), so a rewritten dataset
+gets a new key and never reads stale bytes. Disk use is what is cached: each write appends
+its samples' bytes to the end of the shard's data file, so a cached sample takes its own
+length, not the disk blocks its range of the shard touches (the first layout wrote each
+sample at its own shard offset in a sparse file: a 4 KiB sample at an offset that is not a
+multiple of 4 KiB took two 4 KiB blocks, and a cache limit held about 0.6 of the samples it
+would hold packed, measured in ``benchmarks/results/cache.md``).
 
-Crash safety: a sample's log record (offset, length, CRC32 of the two) is appended only
-after its bytes are written, so a process killed mid-write never marks a sample present;
+Crash safety: a sample's log record (shard offset, length, position in the data file,
+CRC32 of the three) is appended only after its bytes are written, so a process killed
+mid-write never marks a sample present (bytes appended without a record are dead space,
+freed with the shard);
 a torn record at the end of a log is ignored by readers and cut off by the next writer
 (under the lock). Bytes can still rot or be overwritten: the fetcher checks every cached
 sample against the manifest CRC32 and treats a mismatch as a miss (:meth:`RangeCache.drop`
@@ -49,6 +54,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -71,8 +77,13 @@ log = logging.getLogger("shardprune.cache")
 
 __all__ = ["RangeCache", "dataset_key", "eviction_order", "open_cache", "parse_cache_limit"]
 
-#: One presence record: offset, length (int64) and the CRC32 of those 16 bytes, padded to 24.
-_RECORD = struct.Struct("<qqI4x")
+#: One presence record: the sample's offset in the shard, its length, its position in the data
+#: file (int64) and the CRC32 of those 24 bytes, padded to 32.
+_RECORD = struct.Struct("<qqqI4x")
+_FIELDS = struct.Struct("<qqq")
+#: The on-disk layout, part of the dataset key: a cache folder of another layout is another
+#: dataset's to this code (evicted first, least recently used first).
+LAYOUT = 2
 _UNITS = {
     "": 1, "b": 1,
     "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
@@ -108,7 +119,7 @@ def parse_cache_limit(value: Any) -> int | None:
 
 def dataset_key(url: str, manifest_sha256: str) -> str:
     """The cache folder name of a dataset: changes when its URL or its manifest does."""
-    return hashlib.sha256(f"{url}\n{manifest_sha256}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"layout {LAYOUT}\n{url}\n{manifest_sha256}".encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -118,8 +129,7 @@ class _Shard:
     data_fd: int
     log_fd: int
     log_pos: int = 0
-    index: dict[int, int] = field(default_factory=dict)  # offset -> length
-    blocks: set[int] = field(default_factory=set)  # blocks holding cached bytes (for the size estimate)
+    index: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard offset -> (length, data position)
 
 
 class RangeCache:
@@ -207,8 +217,9 @@ class RangeCache:
             self._refresh(entry)
             hit = False
             for k, (off, n) in enumerate(zip(offsets, lengths)):
-                if entry.index.get(off) == n:
-                    data = os.pread(entry.data_fd, n, off)
+                found = entry.index.get(off)
+                if found is not None and found[0] == n:
+                    data = os.pread(entry.data_fd, n, found[1])
                     if len(data) == n:
                         out[k] = data
                         hit = True
@@ -233,17 +244,20 @@ class RangeCache:
                 if entry is None:
                     raise FileNotFoundError(errno.ENOENT, "the cache folder was removed", self.folder)
                 self._refresh(entry, repair=True)
-                todo = [(o, d) for o, d in items if entry.index.get(o) != len(d)]
+                todo = [(o, d) for o, d in items if entry.index.get(o, (-1, 0))[0] != len(d)]
                 if not todo:
                     return
                 if self.cache_limit is not None and not self._make_room(shard, entry, todo):
                     return
-                for off, data in todo:
-                    if os.pwrite(entry.data_fd, data, off) != len(data):
-                        raise OSError(errno.ENOSPC, "short write", self.folder)
+                # Appended at the end (we hold the lock: nobody else appends); one write.
+                end = os.fstat(entry.data_fd).st_size
+                blob = b"".join(d for _, d in todo)
+                if os.pwrite(entry.data_fd, blob, end) != len(blob):
+                    raise OSError(errno.ENOSPC, "short write", self.folder)
+                positions = itertools.accumulate((len(d) for _, d in todo[:-1]), initial=end)
                 # The records go after the bytes: a crash in between leaves them unmarked. A
                 # short write leaves a torn record, which readers skip and the next writer cuts.
-                records = b"".join(_record(o, len(d)) for o, d in todo)
+                records = b"".join(_record(o, len(d), pos) for (o, d), pos in zip(todo, positions))
                 if os.write(entry.log_fd, records) != len(records):
                     raise OSError(errno.ENOSPC, "short write", self.folder)
                 self._refresh(entry)
@@ -326,24 +340,22 @@ class RangeCache:
         if whole <= entry.log_pos:
             return
         tail = os.pread(entry.log_fd, whole - entry.log_pos, entry.log_pos)
-        block = self._block
-        for off, n, check in _RECORD.iter_unpack(tail[: len(tail) // _RECORD.size * _RECORD.size]):
-            if check == zlib.crc32(struct.pack("<qq", off, n)) and off >= 0 and n > 0:
-                entry.index[off] = n
-                entry.blocks.update(range(off // block, (off + n - 1) // block + 1))
+        for off, n, pos, check in _RECORD.iter_unpack(tail[: len(tail) // _RECORD.size * _RECORD.size]):
+            if check == zlib.crc32(_FIELDS.pack(off, n, pos)) and off >= 0 and n > 0 and pos >= 0:
+                entry.index[off] = (n, pos)
         entry.log_pos += len(tail) // _RECORD.size * _RECORD.size
 
     def _new_bytes(self, entry: _Shard, todo: Sequence[tuple[int, bytes]]) -> int:
-        """Disk the write of ``todo`` adds at most: its new blocks, the log's growth, one metadata block."""
+        """Disk the write of ``todo`` adds at most: the data file's and the log's new blocks, one metadata block."""
         block = self._block
-        new: set[int] = set()
-        for off, data in todo:
-            new.update(range(off // block, (off + len(data) - 1) // block + 1))
-        new -= entry.blocks
-        log_size = entry.log_pos
-        log_after = log_size + len(todo) * _RECORD.size
-        log_blocks = -(-log_after // block) - (-(-log_size // block))
-        return (len(new) + log_blocks + 1) * block
+
+        def grown(size: int, added: int) -> int:
+            return -(-(size + added) // block) - (-(-size // block))
+
+        data_size = os.fstat(entry.data_fd).st_size
+        data_blocks = grown(data_size, sum(len(d) for _, d in todo))
+        log_blocks = grown(entry.log_pos, len(todo) * _RECORD.size)
+        return (data_blocks + log_blocks + 1) * block
 
     def _make_room(self, shard: int, entry: _Shard, todo: Sequence[tuple[int, bytes]]) -> bool:
         """Evict other shards (:func:`eviction_order`) until the write fits; False if it cannot."""
@@ -443,8 +455,8 @@ def eviction_order(entries: Sequence[tuple[str, int, int, int]], key: str) -> li
     return others + mine
 
 
-def _record(offset: int, length: int) -> bytes:
-    return _RECORD.pack(offset, length, zlib.crc32(struct.pack("<qq", offset, length)))
+def _record(offset: int, length: int, position: int) -> bytes:
+    return _RECORD.pack(offset, length, position, zlib.crc32(_FIELDS.pack(offset, length, position)))
 
 
 def _close(entry: _Shard) -> None:

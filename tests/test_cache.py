@@ -22,6 +22,9 @@ from shardprune.loader.ahead import DEFAULT_PLAN_AHEAD
 from shardprune.policies.decision import EpochDecision, PolicyBase
 from shardprune.scores.snapshot import ScoreSnapshot
 
+#: A presence record on disk (layout 2): shard offset, length, data position (int64), CRC32, padding.
+RECORD = 32
+
 N = 200
 PER_SHARD = 25
 
@@ -184,8 +187,9 @@ def test_corrupted_cache_bytes_are_refetched(dataset: tuple[str, Path], s3rver: 
         assert cache is not None
         victim = 30  # shard 1
         shard, offset, length = int(m.shard[victim]), int(m.offset[victim]), int(m.length[victim])
+        position = _positions(tmp_path / cache.key / f"{shard}.log")[offset]
         with open(tmp_path / cache.key / f"{shard}.bin", "r+b") as f:
-            f.seek(offset)
+            f.seek(position)
             f.write(bytes(b ^ 0xFF for b in f.read(length)))
         batches, stats = _epoch(loader, 1)
         assert _same(batches, want[1])  # the right sample, no error
@@ -208,7 +212,7 @@ def test_torn_presence_record_is_a_miss_and_is_repaired(dataset: tuple[str, Path
         assert cache is not None
     log_path = tmp_path / cache.key / "2.log"
     records = log_path.read_bytes()
-    last_offset = struct.unpack_from("<q", records, len(records) - 24)[0]
+    last_offset = struct.unpack_from("<q", records, len(records) - RECORD)[0]
     victim = int(np.flatnonzero((m.shard == 2) & (m.offset == last_offset))[0])
     os.truncate(log_path, len(records) - 5)  # a writer killed in the middle of its last record
     # The next run (a worker process) finds the torn record.
@@ -260,8 +264,26 @@ def test_two_processes_writing_one_shard_stay_correct(tmp_path: Path) -> None:
 
 def _records(path: Path) -> list[bytes]:
     data = path.read_bytes()
-    assert len(data) % 24 == 0
-    return [data[i : i + 24] for i in range(0, len(data), 24)]
+    assert len(data) % RECORD == 0
+    return [data[i : i + RECORD] for i in range(0, len(data), RECORD)]
+
+
+def _positions(path: Path) -> dict[int, int]:
+    """A presence log's records: shard offset -> position of the sample's bytes in the data file."""
+    return {off: pos for off, _, pos in (struct.unpack_from("<qqq", rec) for rec in _records(path))}
+
+
+def test_samples_are_packed_whatever_their_offsets(tmp_path: Path) -> None:
+    """Cached bytes take their own length on disk: 4 KiB samples at offsets 512 past a 4 KiB
+    boundary (a tar's headers) took two blocks each when written at their shard offsets."""
+    cache = RangeCache(tmp_path, None, "k")
+    samples = [(4608 * k + 512, bytes([k % 256]) * 4096) for k in range(64)]
+    cache.store(3, samples)
+    data = tmp_path / "k" / "3.bin"
+    assert data.stat().st_size == 64 * 4096
+    assert data.stat().st_blocks * 512 <= 64 * 4096 + 4096
+    assert sorted(_positions(tmp_path / "k" / "3.log").values()) == [4096 * k for k in range(64)]
+    assert cache.lookup(3, [o for o, _ in samples], [4096] * 64) == [d for _, d in samples]
 
 
 def test_workers_writing_the_same_shard_through_the_loader(dataset: tuple[str, Path], s3rver: Any,
