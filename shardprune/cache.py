@@ -15,8 +15,8 @@ gets a new key and never reads stale bytes. Disk use is what is cached: each wri
 its samples' bytes to the end of the shard's data file, so a cached sample takes its own
 length, not the disk blocks its range of the shard touches (the first layout wrote each
 sample at its own shard offset in a sparse file: a 4 KiB sample at an offset that is not a
-multiple of 4 KiB took two 4 KiB blocks, and a cache limit held about 0.6 of the samples it
-would hold packed, measured in ``benchmarks/results/cache.md``).
+multiple of 4 KiB took two 4 KiB blocks; at a limit of half the dataset 0.31-0.34 of the kept
+4 KiB samples were hits, packed 0.40-0.42, ``benchmarks/results/cache.md``).
 
 Crash safety: a sample's log record (shard offset, length, position in the data file,
 CRC32 of the three) is appended only after its bytes are written, so a process killed
