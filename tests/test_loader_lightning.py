@@ -190,3 +190,19 @@ def test_pruning_checkpoint_needs_the_adapter_and_a_stateful_store(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"has no state_dict\(\)"):
         PruningCheckpoint(as_lightning(loader), object())  # type: ignore[arg-type]
     loader.close()
+
+
+def test_pruning_checkpoint_refuses_a_checkpoint_of_another_rank_count(tmp_path: Path) -> None:
+    from shardprune.errors import CheckpointMismatchError
+
+    write_dataset(tmp_path / "data", n=50)
+    ds = open_dataset(tmp_path / "data")
+    with ScoreStore(tmp_path / "scores", len(ds), ds.fingerprint) as store, \
+            StreamingLoader(ds, batch_size=10, num_epochs=1, store=store) as loader:
+        callback = PruningCheckpoint(as_lightning(loader), store)
+        state = callback.state_dict()  # one process: no "loaders"
+        assert "loaders" not in state
+        two = dict(state, loaders=[state["loader"], state["loader"]])  # as 2 DDP ranks write it
+        with pytest.raises(CheckpointMismatchError, match=r"loader positions of 2 rank\(s\), and this run has 1"):
+            callback.load_state_dict(two)
+        callback.load_state_dict(state)  # the same rank count: restored

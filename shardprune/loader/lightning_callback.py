@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from shardprune.errors import ConfigError
+from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.loader.adapters import LightningLoader
 from shardprune.state import jsonable
 from shardprune.train import ScoreSink
@@ -54,7 +54,8 @@ class PruningCheckpoint(Callback):
     ``torch.distributed`` with more than one rank ``"loaders"``: every rank's
     ``data.state_dict()`` in rank order (gathered when the checkpoint is taken, because
     Lightning writes rank 0's callback state only, and each rank's position is its own
-    slice of the epoch). On restore each rank takes its own entry. The scores are restored
+    slice of the epoch). On restore each rank takes its own entry; a checkpoint written by
+    another number of ranks is refused with CheckpointMismatchError. The scores are restored
     first, because the loader re-plans its epoch from the snapshot pinned in the store.
     Lightning calls both on every rank; the score store's ``state_dict`` and the gather
     are collective.
@@ -104,15 +105,17 @@ class PruningCheckpoint(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the scores, then this rank's loader position (planned from the pinned scores)."""
-        self.store.load_state_dict(state_dict[SCORES_KEY])
-        loader = state_dict[LOADER_KEY]
         rank, world = _rank_world()
         loaders = state_dict.get(LOADERS_KEY)
-        if loaders is not None and rank < len(loaders):
-            loader = loaders[rank]
-        # A checkpoint of another rank count gives some rank another's position (or none of
-        # its own): the loader compares the layouts and refuses a mid-epoch one.
-        self.data.load_state_dict(loader)
+        written_by = len(loaders) if loaders is not None else 1
+        if written_by != world:
+            raise CheckpointMismatchError(
+                f"this checkpoint holds the loader positions of {written_by} rank(s), and this run has {world}: "
+                "each rank's position is its own share of the epoch, so resume under the same number of ranks "
+                f"(devices x nodes = {written_by})"
+            )
+        self.store.load_state_dict(state_dict[SCORES_KEY])
+        self.data.load_state_dict(state_dict[LOADER_KEY] if loaders is None else loaders[rank])
 
 
 def _rank_world() -> tuple[int, int]:
