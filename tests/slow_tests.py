@@ -27,6 +27,7 @@ SLOW = frozenset(
         "test_loader_lightning_ddp.py::test_ddp_ranks_train_disjoint_shares_and_prune",
         "test_loader_lightning_ddp.py::test_a_loader_made_before_the_process_group_refuses_on_every_rank",
         "test_loader_exit.py::test_a_script_ending_mid_epoch_exits_with_its_own_status",
+        "test_loader_accelerate.py::test_two_process_accelerate_resumes_each_rank_exactly",
         "test_scores_crash.py::test_sigkill_during_flush_leaves_the_last_complete_state",
         "test_readme.py::test_readme_training_loop_runs",
         "test_demo.py::test_train_bench_quick_runs_the_grid_and_checks_targets",

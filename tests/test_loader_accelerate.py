@@ -73,3 +73,34 @@ def test_accelerate_save_state_resumes_loader_and_scores(tmp_path: Path) -> None
     tail, resumed_weights = _train(data, tmp_path / "scores", ckpt, resume=True, stop=False)
     assert head + tail == full
     torch.testing.assert_close(resumed_weights, weights, rtol=0, atol=0)
+
+
+def test_two_process_accelerate_resumes_each_rank_exactly(tmp_path: Path) -> None:
+    """torchrun with 2 CPU ranks (tests/accelerate_ddp_script.py): Accelerate saves the loader's
+    state from rank 0 only and loads it on both ranks; each resumes its own share exactly."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from loader_data import write_dataset as write
+
+    script = Path(__file__).with_name("accelerate_ddp_script.py")
+    write(tmp_path / "data")
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    for out, mode in (("whole", "whole"), ("cut", "stop"), ("cut", "resume")):
+        (tmp_path / out).mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+               str(tmp_path / "data"), str(tmp_path / out), mode]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+        assert run.returncode == 0, (mode, run.stderr[-6000:])
+    batch, stop_after = 32, 2
+    for rank in (0, 1):
+        whole = json.loads((tmp_path / "whole" / f"rank{rank}-whole.json").read_text())["seen"]
+        stopped = json.loads((tmp_path / "cut" / f"rank{rank}-stop.json").read_text())["seen"]
+        resumed = json.loads((tmp_path / "cut" / f"rank{rank}-resume.json").read_text())["seen"]
+        assert stopped["0"] == whole["0"] and stopped["1"] == whole["1"][: stop_after * batch]
+        assert resumed["1"] == whole["1"][stop_after * batch :]  # the rest of the epoch, this rank's share
+        assert resumed["2"] == whole["2"]
+    shares = [json.loads((tmp_path / "whole" / f"rank{r}-whole.json").read_text())["seen"]["1"] for r in (0, 1)]
+    assert not set(shares[0]) & set(shares[1])  # two shares, not one replayed twice

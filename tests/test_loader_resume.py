@@ -169,3 +169,34 @@ def test_mismatched_checkpoint_is_refused_showing_both(ds: Path) -> None:
         _make(ds).load_state_dict(bad)
     with pytest.raises(CheckpointMismatchError, match=r"version 99 \(in checkpoint\) vs 2 \(now\)"):
         _make(ds).load_state_dict(dict(state, version=99))
+
+
+def test_another_ranks_state_resumes_this_ranks_share_at_the_same_position(ds: Path) -> None:
+    """Accelerate and Lightning save one process's loader state and load it on every rank: rank 1
+    given rank 0's state resumes exactly as with its own (all ranks yield equal batch counts)."""
+    from shardprune.dist.world import World
+
+    def position(rank: int, after: int) -> dict[str, Any]:
+        with _make(ds, world=World(rank, 2), drop_last=True) as loader:
+            loader.set_epoch(1)
+            it = iter(loader)
+            for _ in range(after):
+                next(it)
+            return loader.state_dict()
+
+    def rest(state: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        with _make(ds, world=World(1, 2), drop_last=True) as loader:
+            loader.load_state_dict(state)
+            return [_arrays(b) for b in loader]
+
+    total = len(rest(position(1, 0)))
+    for after in (0, 3, total - 1):
+        own, other = position(1, after), position(0, after)
+        assert own["config"]["rank"] == 1 and other["config"]["rank"] == 0
+        expected = rest(own)
+        assert len(expected) == total - after
+        assert _equal(rest(other), expected), after
+    # Another world size is still refused.
+    with _make(ds, world=World(1, 3), drop_last=True) as loader, pytest.raises(CheckpointMismatchError,
+                                                                              match="world_size: 2"):
+        loader.load_state_dict(position(0, 3))

@@ -339,21 +339,10 @@ class LightningLoader:
         Lightning hands the loader its state again after :class:`PruningCheckpoint` did.
         Under DDP Lightning hands every rank rank 0's state (it writes rank 0's only); after
         PruningCheckpoint restored this rank's own, rank 0's copy of the same position is a
-        no-op too.
-
-        Raises:
-            ConfigError: another rank's state, with no state of this rank loaded before
-                (the Trainer has no PruningCheckpoint).
+        no-op too (without it, the loader resumes this rank's share at rank 0's position).
         """
         if self._loaded is not None and _same_position(state, self._loaded):
             return
-        rank = state.get("config", {}).get("rank") if isinstance(state, dict) else None
-        if isinstance(rank, int) and rank != self.loader.world.rank:
-            raise ConfigError(
-                f"Lightning restored rank {rank}'s loader position on rank {self.loader.world.rank} (it checkpoints "
-                "rank 0's only): pass callbacks=[PruningCheckpoint(...)] (shardprune.loader.lightning_callback) to "
-                "the Trainer that writes the checkpoint and the one that resumes; it keeps every rank's position"
-            )
         self.cursor.load_state_dict(state)
         self._loaded = dict(state)
 

@@ -694,12 +694,22 @@ class StreamingLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at a :meth:`state_dict`: the next iteration yields the remaining batches.
 
+        Another rank's state of the same run is accepted: every rank yields the same number
+        of batches of each epoch, so at a checkpoint taken at one step of synchronous
+        training all ranks stand at the same epoch, batch and scores, and this rank resumes
+        its own share there. Frameworks that save one process's state and load it on every
+        rank (Accelerate's ``register_for_checkpointing``, Lightning) need this. Its own
+        state is checked further: the plan it rebuilds must have the checkpoint's fingerprint.
+
         Raises:
-            CheckpointMismatchError: the state comes from another configuration, dataset,
-                policy or score snapshot (the message shows checkpoint and current values).
+            CheckpointMismatchError: the state comes from another configuration (world size
+                included), dataset, policy or score snapshot (the message shows checkpoint
+                and current values).
         """
         state = LOADER_STATE.check(state)
-        check_config("the loader checkpoint", state["config"], self.config())
+        config = self.config()
+        own = state["config"].get("rank") == config["rank"]
+        check_config("the loader checkpoint", state["config"], config, ignore=("rank",))
         epoch = check_int("epoch", state["epoch"], 0, error=CheckpointMismatchError)
         step = state["step"]
         if self.num_steps is not None:
@@ -717,7 +727,7 @@ class StreamingLoader:
                 raise CheckpointMismatchError(f"batches_yielded={cursor!r} (in checkpoint) exceeds step={step}")
         planned = self._begin(epoch, self._snapshot_for(str(state["snapshot_fingerprint"])))
         plan = planned.plan
-        if plan.fingerprint() != state["plan_fingerprint"]:
+        if own and plan.fingerprint() != state["plan_fingerprint"]:
             raise CheckpointMismatchError(
                 f"epoch {epoch} plan {state['plan_fingerprint']} (in checkpoint) vs {plan.fingerprint()} (now) "
                 "from the same scores and configuration; the policy or planner code changed"
