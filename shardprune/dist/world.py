@@ -49,14 +49,22 @@ class World:
     @classmethod
     def detect(cls) -> "World":
         """The layout of this process: torch.distributed, else environment, else single."""
-        import torch.distributed as dist
-
         local = _env_int("LOCAL_RANK", 0)
-        if dist.is_available() and dist.is_initialized():
-            return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
+        layout = process_group_layout()
+        if layout is not None:
+            return cls(rank=layout[0], world_size=layout[1], local_rank=local)
         if "WORLD_SIZE" in os.environ or "RANK" in os.environ:
             return cls(rank=_env_int("RANK", 0), world_size=_env_int("WORLD_SIZE", 1), local_rank=local)
         return cls()
+
+
+def process_group_layout() -> tuple[int, int] | None:
+    """(rank, world size) of the initialised default process group; None when there is none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
 
 
 def _env_int(name: str, default: int) -> int:

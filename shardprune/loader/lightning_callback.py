@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from shardprune.dist.world import process_group_layout
 from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.loader.adapters import LightningLoader
 from shardprune.state import jsonable
@@ -95,7 +96,7 @@ class PruningCheckpoint(Callback):
         """The loader's position (batches trained on; every rank's under DDP) and the score store's state."""
         loader = self.data.state_dict()
         state = {LOADER_KEY: loader, SCORES_KEY: self.store.state_dict()}
-        rank, world = _rank_world()
+        _, world = process_group_layout() or (0, 1)
         if world > 1:
             from shardprune.dist.collectives import all_gather_bytes
 
@@ -105,7 +106,7 @@ class PruningCheckpoint(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the scores, then this rank's loader position (planned from the pinned scores)."""
-        rank, world = _rank_world()
+        rank, world = process_group_layout() or (0, 1)
         loaders = state_dict.get(LOADERS_KEY)
         written_by = len(loaders) if loaders is not None else 1
         if written_by != world:
@@ -116,14 +117,6 @@ class PruningCheckpoint(Callback):
             )
         self.store.load_state_dict(state_dict[SCORES_KEY])
         self.data.load_state_dict(state_dict[LOADER_KEY] if loaders is None else loaders[rank])
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _is_store(obj: Any) -> bool:

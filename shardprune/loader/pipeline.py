@@ -192,11 +192,11 @@ class EpochPipeline:
             _stop(node)
             if isinstance(node, ReadAhead):
                 node.cancel()
+        threads = [t for node in self._nodes for t in _threads(node) if t is not threading.current_thread()]
         deadline = time.monotonic() + join_s
-        for thread in (t for node in self._nodes for t in _threads(node)):
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()) if join_s > 0 else 0.0)
-        if not any(t.is_alive() for node in self._nodes for t in _threads(node)):
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(t.is_alive() for t in threads):
             with _RUNNING_LOCK:
                 _RUNNING.discard(self)
 

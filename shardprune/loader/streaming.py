@@ -37,7 +37,7 @@ import torch
 from shardprune.cache import open_cache
 from shardprune.costmodel import CostModel, measure
 from shardprune.dataset import ShardedDataset, open_dataset
-from shardprune.dist.world import World
+from shardprune.dist.world import World, process_group_layout
 from shardprune.errors import CheckpointMismatchError, ConfigError
 from shardprune.loader.ahead import DEFAULT_PLAN_AHEAD, PlanAhead, Prepared, ahead_trigger
 from shardprune.loader.adapters import EpochSampler
@@ -400,13 +400,10 @@ class StreamingLoader:
     def _check_world(self) -> None:
         """Refuse to plan when torch.distributed places this process elsewhere than the
         rank layout the loader was made for (detected before the process group existed)."""
-        if not self._world_detected:
+        layout = process_group_layout() if self._world_detected else None
+        if layout is None:
             return
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        rank, size = dist.get_rank(), dist.get_world_size()
+        rank, size = layout
         if (rank, size) != (self.world.rank, self.world.world_size):
             raise ConfigError(
                 f"this loader was made for rank {self.world.rank} of {self.world.world_size} (detected when it was "

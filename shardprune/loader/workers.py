@@ -306,6 +306,8 @@ def _exit_reason(code: int | None) -> str:
             name = f"signal {-code}"
         hint = ", e.g. by the out-of-memory killer" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
+    if code == 0:
+        return "exit code 0: it stopped without sending the unit it was given"
     return (
         f"exit code {code}: it raised before serving, and its traceback is on standard error above; under "
         "spawn or forkserver a script that starts the loader must do so under `if __name__ == \"__main__\":`"
